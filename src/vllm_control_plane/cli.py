@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import typer
 
 from vllm_control_plane import __version__
@@ -18,6 +21,101 @@ app = typer.Typer(
 def version() -> None:
     """Print the version."""
     typer.echo(__version__)
+
+
+@app.command()
+def sim(
+    model: str = typer.Option("llama-3-8b", help="Model profile (e.g. llama-3-8b, llama-3-70b)."),
+    gpu: str = typer.Option("H100", help="GPU profile (H100, H200, A100-80G, L4, ...)."),
+    tp: int = typer.Option(1, min=1, help="Tensor-parallel size."),
+    pp: int = typer.Option(1, min=1, help="Pipeline-parallel size."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind."),
+    port: int = typer.Option(8000, min=0, max=65535, help="Port to bind (0: a free one)."),
+    max_model_len: int | None = typer.Option(None, min=2, help="Context length."),
+    max_num_seqs: int | None = typer.Option(None, min=1, help="Max running requests."),
+    max_num_batched_tokens: int | None = typer.Option(None, min=1, help="Token budget/step."),
+    gpu_memory_utilization: float = typer.Option(0.9, min=0.01, max=1.0),
+    block_size: int = typer.Option(16, min=1, help="KV block size (tokens)."),
+    served_model_name: str | None = typer.Option(None, help="Model name on the API."),
+    seed: int = typer.Option(0, help="Seed for output lengths, jitter and fault dice."),
+    time_scale: float = typer.Option(
+        1.0, min=0.0, help="Wall seconds per model second (1 real time, 0 as fast as possible)."
+    ),
+    legacy_metrics: bool = typer.Option(False, help="Serve pre-0.10 vLLM metric names."),
+    max_chunks_per_second: float | None = typer.Option(
+        None, min=0.0, help="SSE chunk budget for coalescing (default 4000; 0: no limit)."
+    ),
+    fleet: Path | None = typer.Option(
+        None, help="Fleet YAML: run several servers; other server flags are ignored."
+    ),
+    fault_error_rate: float = typer.Option(0.0, min=0.0, max=1.0, help="Share of requests failed."),
+    fault_error_status: int = typer.Option(500, min=400, max=599, help="Status of those errors."),
+    fault_hang: bool = typer.Option(False, help="Accept requests, never answer."),
+    fault_crash_after_tokens: int | None = typer.Option(
+        None, min=0, help="Cut connections after N streamed tokens."
+    ),
+    fault_crash_exit: bool = typer.Option(False, help="With crash: exit the process instead."),
+    fault_slowdown: float = typer.Option(1.0, min=0.001, help="Step-time multiplier."),
+    fault_unhealthy: bool = typer.Option(False, help="/health answers 503."),
+    fault_midstream_error_after_tokens: int | None = typer.Option(
+        None, min=0, help="Error frame after N streamed tokens."
+    ),
+    fault_startup_delay: float = typer.Option(0.0, min=0.0, help="Seconds before binding."),
+) -> None:
+    """Serve vLLM's OpenAI API from simulated engines (one server, or a fleet file)."""
+    from vllm_control_plane.sim.faults import FaultConfig
+    from vllm_control_plane.sim.fleet import FleetConfigError, load_fleet
+    from vllm_control_plane.sim.launcher import SimFleet, SimServer, serve_until_signal
+    from vllm_control_plane.sim.types import EngineSpec
+
+    try:
+        if fleet is not None:
+            servers = load_fleet(fleet).build_servers()
+        else:
+            faults = FaultConfig(
+                error_rate=fault_error_rate,
+                error_status=fault_error_status,
+                hang=fault_hang,
+                crash_after_tokens=fault_crash_after_tokens,
+                crash_exit=fault_crash_exit,
+                slowdown=fault_slowdown,
+                unhealthy=fault_unhealthy,
+                midstream_error_after_tokens=fault_midstream_error_after_tokens,
+                startup_delay_s=fault_startup_delay,
+            )
+            spec = EngineSpec(
+                model=model,
+                gpu=gpu,
+                tp=tp,
+                pp=pp,
+                gpu_memory_utilization=gpu_memory_utilization,
+                block_size=block_size,
+                max_num_seqs=max_num_seqs,
+                max_num_batched_tokens=max_num_batched_tokens,
+                max_model_len=max_model_len,
+                seed=seed,
+                served_model_name=served_model_name,
+            )
+            options = (
+                {} if max_chunks_per_second is None else {"max_chunks_per_s": max_chunks_per_second}
+            )
+            server = SimServer(
+                spec, host, port, faults, time_scale, legacy_metrics, name="sim", **options
+            )
+            servers = [server]
+        sim_fleet = SimFleet(servers)
+    except (FleetConfigError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+    def announce(line: str) -> None:
+        typer.echo(line)
+
+    try:
+        asyncio.run(serve_until_signal(sim_fleet, announce))
+    except (OSError, ValueError) as e:  # port in use, unknown model/GPU profile, ...
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

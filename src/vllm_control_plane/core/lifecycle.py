@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from vllm_control_plane.core.interfaces import Prediction
 from vllm_control_plane.types import (
     TERMINAL_STATUSES,
     RequestMetadata,
@@ -69,6 +70,7 @@ class RequestRecord:
     reason: str | None = None  # why the last transition happened (rejections, failures, ...)
     instance_id: str | None = None  # where it runs / ran last
     decision: SchedulingDecision | None = None
+    prediction: Prediction | None = None  # the estimate on the instance it was dispatched to
     scheduled_at: float | None = None
     started_at: float | None = None
     first_token_at: float | None = None
@@ -151,8 +153,7 @@ class RequestRecord:
         """Move to ``to`` or raise :class:`IllegalTransition`; terminal moves stamp finished_at."""
         if to not in TRANSITIONS[self.status]:
             raise IllegalTransition(
-                f"request {self.request_id!r}: illegal transition "
-                f"{self.status.value} -> {to.value}"
+                f"request {self.request_id!r}: illegal transition {self.status.value} -> {to.value}"
             )
         self.status = to
         if reason is not None:

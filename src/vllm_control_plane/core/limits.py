@@ -45,7 +45,7 @@ class CoreLimits:
     """Output length assumed for a request without ``max_tokens`` (estimates only)."""
 
     hard_deadlines: bool = False
-    """Treat every request's ``slo_deadline_ms`` as hard (``submit(hard_deadline=...)`` per call)."""
+    """Treat every ``slo_deadline_ms`` as hard (per request: ``submit(hard_deadline=...)``)."""
 
     no_slo_slack_s: float = 60.0
     """``slo_aware``: a request without SLO is ordered as if its deadline were this far away."""
@@ -77,7 +77,9 @@ class CoreLimits:
             if getattr(self, name) <= 0:
                 raise ValueError(f"CoreLimits.{name} must be > 0, got {getattr(self, name)}")
         if not 0 < self.saturation_kv <= 1:
-            raise ValueError(f"CoreLimits.saturation_kv must be in (0, 1], got {self.saturation_kv}")
+            raise ValueError(
+                f"CoreLimits.saturation_kv must be in (0, 1], got {self.saturation_kv}"
+            )
         if not 0 < self.latency_ewma_alpha <= 1:
             raise ValueError("CoreLimits.latency_ewma_alpha must be in (0, 1]")
         for prio, cap in self.max_queued_per_priority.items():

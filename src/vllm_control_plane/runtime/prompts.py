@@ -28,10 +28,11 @@ def prepare_prompt(request: RequestMetadata) -> PreparedPrompt:
     """Count and hash the request's prompt (synthetic prompts have no shareable blocks)."""
     if request.messages is not None:
         text = tokenizer.render_chat(request.messages)
+        ids = tokenizer.encode_chat(request.messages)
     elif request.prompt is not None:
         text = request.prompt
+        ids = tokenizer.encode(text, add_bos=True)
     else:
         return PreparedPrompt(request.prompt_tokens or DEFAULT_PROMPT_TOKENS, "", ())
-    ids = tokenizer.encode(text)
     count = request.prompt_tokens or len(ids)
     return PreparedPrompt(count, text, hash_token_blocks(ids, BLOCK_SIZE))

@@ -62,7 +62,7 @@ class FaultConfig(BaseModel):
 
 
 def error_type_for_status(status: int) -> str:
-    """vLLM's error ``type`` naming: ``BadRequestError``, ``NotFoundError``, ``InternalServerError``…"""
+    """vLLM's error ``type`` for a status: ``BadRequestError``, ``NotFoundError``, …"""
     try:
         phrase = HTTPStatus(status).phrase
     except ValueError:

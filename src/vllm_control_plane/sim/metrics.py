@@ -99,11 +99,12 @@ class SimMetrics:
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_EngineCollector(stats, model_name, legacy))
-        itl_name, itl_doc = (
-            ("vllm:time_per_output_token_seconds", "Histogram of time per output token in seconds.")
-            if legacy
-            else ("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.")
-        )
+        if legacy:
+            itl_name = "vllm:time_per_output_token_seconds"
+            itl_doc = "Histogram of time per output token in seconds."
+        else:
+            itl_name = "vllm:inter_token_latency_seconds"
+            itl_doc = "Histogram of inter-token latency in seconds."
         self.ttft = self._histogram(
             "vllm:time_to_first_token_seconds",
             "Histogram of time to first token in seconds.",

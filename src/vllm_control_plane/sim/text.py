@@ -17,7 +17,7 @@ import random
 import zlib
 from dataclasses import dataclass
 
-_WORDS = (
+_WORD_LIST = (
     "the of and to in is that for it as was with be by on not he this are or his from at which "
     "but have an they you were her she there one all we their has been had more if will would "
     "can when who so what no out up said about other time into only some could them these two "
@@ -26,7 +26,8 @@ _WORDS = (
     "those people how too little state good very make world still own see men work long get "
     "here between both life being under never day same another know while last might us great "
     "old year off come since against go came right used take three"
-).split()
+)
+_WORDS = tuple(_WORD_LIST.split())
 _CYCLE = 8192  # tokens before the sequence repeats
 _TABLE_SEED = 0x5EED
 

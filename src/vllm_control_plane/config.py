@@ -1,0 +1,437 @@
+"""The control plane's YAML configuration: strict pydantic models shared by CLI, gateway, library.
+
+How it works: :func:`load_config` reads a YAML file and validates it into a
+:class:`ControlPlaneConfig`. Every model forbids unknown keys, so a typo fails at startup with its
+path (``instances[1].prot: unknown key``) instead of being silently ignored; range checks and
+name checks (policy, routing strategy, GPU names of ``prices``) fail the same way.
+:meth:`ControlPlaneConfig.manager_kwargs` and :meth:`ControlPlaneConfig.execution_instances` map
+the file onto the library's objects, so the gateway and a library user get the same behaviour from
+the same file. With no file, :func:`default_config` describes an embedded simulated fleet.
+
+Secrets (admin token, tenant API keys) are ``SecretStr``: they never appear in reprs, logs or
+the admin API's view of the config.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from vllm_control_plane.core.limits import CoreLimits
+from vllm_control_plane.runtime.monitor import MonitorConfig
+from vllm_control_plane.sim.fleet import ServerConfig
+from vllm_control_plane.types import ExecutionInstance, RequestPriority
+
+__all__ = [
+    "AdminSettings",
+    "ConfigError",
+    "ControlPlaneConfig",
+    "InstanceConfig",
+    "LimitsConfig",
+    "MonitorSettings",
+    "ServerSettings",
+    "SimulatedInstanceConfig",
+    "TenantConfig",
+    "default_config",
+    "load_config",
+    "parse_config",
+]
+
+PriorityName = Literal["critical", "high", "normal", "low", "background"]
+MiB = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names each offending key and why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ServerSettings(_Strict):
+    """Where the gateway listens and its HTTP-level bounds."""
+
+    host: str = "127.0.0.1"
+    """Address to bind (``vcp serve --host`` overrides)."""
+    port: int = Field(8080, ge=0, le=65535)
+    """Port to bind; 0 picks a free one (``vcp serve --port`` overrides)."""
+    max_body_bytes: int = Field(4 * MiB, ge=1024)
+    """Largest accepted request body; larger ones get 413."""
+    shutdown_grace_s: float = Field(30.0, ge=0.0)
+    """On shutdown, in-flight requests get this long to finish before they are cancelled."""
+    retry_after_s: int = Field(1, ge=1)
+    """``Retry-After`` seconds sent with 429 (queue full)."""
+
+
+class AdminSettings(_Strict):
+    """The admin API's bearer token: from the file, else from an environment variable."""
+
+    token: SecretStr | None = None
+    """Token for ``/admin`` (``Authorization: Bearer <token>``). Without one, the admin API
+    refuses every call."""
+    token_env: str = "VCP_ADMIN_TOKEN"
+    """Environment variable read when ``token`` is not set."""
+
+    def resolve_token(self, environ: dict[str, str] | None = None) -> str | None:
+        """The effective token (file first, then the environment), or None."""
+        if self.token is not None and self.token.get_secret_value():
+            return self.token.get_secret_value()
+        value = (environ if environ is not None else os.environ).get(self.token_env, "")
+        return value or None
+
+
+class InstanceConfig(_Strict):
+    """One real engine server (vLLM or any OpenAI-compatible server); fields as in
+    :class:`~vllm_control_plane.types.ExecutionInstance`."""
+
+    instance_id: str = Field(min_length=1)
+    """Unique id (shown in headers, metrics and the admin API)."""
+    url: str | None = None
+    """Base URL, e.g. ``http://10.0.0.5:8000``; an alternative to ``scheme``/``host``/``port``."""
+    host: str = "localhost"
+    port: int = Field(8000, ge=1, le=65535)
+    scheme: Literal["http", "https"] = "http"
+    model_name: str = Field("llama-3-8b", min_length=1)
+    """The model's name in the fleet (clients ask for it; ``/v1/models`` lists it)."""
+    served_model_name: str | None = None
+    """The name the engine serves, if different (sent to the engine)."""
+    tensor_parallel_size: int = Field(1, ge=1)
+    pipeline_parallel_size: int = Field(1, ge=1)
+    data_parallel_size: int = Field(1, ge=1)
+    gpu_count: int | None = Field(None, ge=1)
+    """GPUs used; default TP × PP × DP."""
+    gpu_memory_gb: float = Field(80.0, gt=0)
+    gpu_type: str | None = None
+    """E.g. ``H100``, ``A100-80G``, ``L4`` (prices and the performance model use it)."""
+    max_concurrent_requests: int = Field(100, ge=1)
+    """Requests dispatched to this instance at once; more wait in the control plane's queue."""
+    cost_per_gpu_hour: float | None = Field(None, ge=0)
+    """USD per GPU-hour; default from ``prices`` (then the built-in price of ``gpu_type``)."""
+    weight: float | None = Field(None, gt=0)
+    """Weighted round robin weight; default derived from capacity."""
+    api_key: SecretStr | None = None
+    """Bearer token the engine server expects, if any."""
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _split_url(self) -> InstanceConfig:
+        if self.url is not None:
+            parts = urlsplit(self.url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"url must look like http://host:port, got {self.url!r}")
+            self.scheme = parts.scheme  # type: ignore[assignment]
+            self.host = parts.hostname
+            self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        return self
+
+    def to_instance(self, prices: dict[str, float] | None = None) -> ExecutionInstance:
+        """The library object for this entry (price filled in from ``prices``)."""
+        gpus = self.gpu_count or (
+            self.tensor_parallel_size * self.pipeline_parallel_size * self.data_parallel_size
+        )
+        return ExecutionInstance(
+            instance_id=self.instance_id,
+            host=self.host,
+            port=self.port,
+            scheme=self.scheme,
+            model_name=self.model_name,
+            served_model_name=self.served_model_name,
+            tensor_parallel_size=self.tensor_parallel_size,
+            pipeline_parallel_size=self.pipeline_parallel_size,
+            data_parallel_size=self.data_parallel_size,
+            gpu_count=gpus,
+            gpu_memory_gb=self.gpu_memory_gb,
+            gpu_type=self.gpu_type,
+            max_concurrent_requests=self.max_concurrent_requests,
+            cost_per_gpu_hour=_price(self.cost_per_gpu_hour, self.gpu_type, prices),
+            weight=self.weight,
+            api_key=self.api_key.get_secret_value() if self.api_key else None,
+            labels=dict(self.labels),
+        )
+
+
+class SimulatedInstanceConfig(ServerConfig):
+    """An embedded simulated vLLM server (``vcp sim`` in-process), started with the gateway.
+
+    Every field of a ``vcp sim`` fleet-file entry (``name``, ``model``, ``gpu``, ``tp``, ``pp``,
+    ``faults``, …) plus what the control plane needs to schedule on it. ``name`` is the
+    instance id.
+    """
+
+    time_scale: float | None = Field(1.0, ge=0.0)
+    """Wall seconds per model second (1 = real time)."""
+    max_concurrent_requests: int = Field(100, ge=1)
+    cost_per_gpu_hour: float | None = Field(None, ge=0)
+    weight: float | None = Field(None, gt=0)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    def to_instance(
+        self, host: str, port: int, prices: dict[str, float] | None = None
+    ) -> ExecutionInstance:
+        """The library object for this server once it listens on ``host:port``."""
+        from vllm_control_plane.sim.profiles import get_gpu
+
+        gpu = get_gpu(self.gpu)
+        return ExecutionInstance(
+            instance_id=self.name,
+            host=host,
+            port=port,
+            model_name=self.served_model_name or self.model,
+            tensor_parallel_size=self.tp,
+            pipeline_parallel_size=self.pp,
+            gpu_count=self.tp * self.pp,
+            gpu_memory_gb=round(gpu.mem_bytes / 1024**3, 1),
+            gpu_type=gpu.name,
+            max_concurrent_requests=self.max_concurrent_requests,
+            cost_per_gpu_hour=_price(self.cost_per_gpu_hour, gpu.name, prices),
+            weight=self.weight,
+            labels={"simulated": "true", **self.labels},
+        )
+
+
+class LimitsConfig(_Strict):
+    """Queue bounds, retries and dispatch thresholds (mapped onto the core's ``CoreLimits``)."""
+
+    max_queued: int = Field(10_000, ge=1)
+    """Queued requests of all priorities; when full the lowest priority is shed first (429)."""
+    max_queued_per_priority: dict[PriorityName, int] = Field(default_factory=dict)
+    """Optional cap per priority, e.g. ``{background: 100}``."""
+    max_retries: int = Field(2, ge=0)
+    """Re-dispatches of a request that failed before its first token."""
+    retry_backoff_s: float = Field(0.05, ge=0)
+    aging_s: float = Field(30.0, gt=0)
+    """``priority`` policy: waiting this long promotes a request one level."""
+    saturation_waiting: int = Field(16, ge=0)
+    """No dispatch to an engine whose own waiting queue is longer than this."""
+    saturation_kv: float = Field(0.98, gt=0, le=1)
+    """No dispatch to an engine whose KV-cache usage is above this."""
+    hard_deadlines: bool = False
+    """Expire requests whose ``X-SLO-Deadline-Ms`` passed while queued (504)."""
+    history_size: int = Field(10_000, ge=1)
+    """Finished requests whose status stays queryable."""
+    drain_timeout_s: float = Field(30.0, ge=0)
+    """A removed instance's running requests get this long to finish."""
+
+    def to_core(self) -> CoreLimits:
+        per_priority = {RequestPriority.parse(k): v for k, v in self.max_queued_per_priority.items()}
+        return CoreLimits(
+            max_queued=self.max_queued,
+            max_queued_per_priority=per_priority,
+            max_retries=self.max_retries,
+            retry_backoff_s=self.retry_backoff_s,
+            aging_s=self.aging_s,
+            saturation_waiting=self.saturation_waiting,
+            saturation_kv=self.saturation_kv,
+            hard_deadlines=self.hard_deadlines,
+            history_size=self.history_size,
+        )
+
+
+class MonitorSettings(_Strict):
+    """Health checks and ``/metrics`` scraping of the engines."""
+
+    enabled: bool = True
+    health_interval_s: float = Field(1.0, gt=0)
+    scrape_interval_s: float = Field(0.5, gt=0)
+    unhealthy_threshold: int = Field(2, ge=1)
+    """Consecutive failed checks before an instance leaves rotation."""
+    healthy_threshold: int = Field(2, ge=1)
+    """Consecutive good checks before it returns."""
+
+    def to_runtime(self) -> MonitorConfig:
+        return MonitorConfig(
+            health_interval=self.health_interval_s,
+            scrape_interval=self.scrape_interval_s,
+            unhealthy_threshold=self.unhealthy_threshold,
+            healthy_threshold=self.healthy_threshold,
+        )
+
+
+class TenantConfig(_Strict):
+    """A client organisation: its API keys and what its requests may ask for."""
+
+    name: str = Field(min_length=1)
+    api_keys: list[SecretStr] = Field(min_length=1)
+    """Keys accepted as ``Authorization: Bearer <key>`` for this tenant."""
+    default_priority: PriorityName = "normal"
+    """Priority of requests without ``X-Priority``."""
+    max_priority: PriorityName = "critical"
+    """The most urgent priority this tenant may ask for (more urgent asks are lowered to it)."""
+    cost_budget: float | None = Field(None, ge=0)
+    """Default per-request budget in USD (``X-Cost-Budget`` may lower it, not raise it)."""
+
+
+class ControlPlaneConfig(_Strict):
+    """A whole ``cluster.yaml``."""
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    admin: AdminSettings = Field(default_factory=AdminSettings)
+    scheduling_policy: str = "adaptive"
+    """fifo, priority, slo_aware, cost_optimized or adaptive."""
+    routing_strategy: str = "load_balanced"
+    """Any registered strategy (load_balanced, round_robin, locality, …)."""
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings)
+    tenants: list[TenantConfig] = Field(default_factory=list)
+    """With at least one tenant, client routes require an API key (401 without)."""
+    prices: dict[str, float] = Field(default_factory=dict)
+    """USD per GPU-hour by GPU type, e.g. ``{H100: 2.49}``; instances without a price use it."""
+    instances: list[InstanceConfig] = Field(default_factory=list)
+    simulated: list[SimulatedInstanceConfig] = Field(default_factory=list)
+    """Simulated servers started in-process with the gateway."""
+    seed: int = 0
+    """Seed of the core's random choices (random routing, tie-breaks)."""
+
+    @field_validator("scheduling_policy")
+    @classmethod
+    def _policy(cls, name: str) -> str:
+        from vllm_control_plane.core.policies import POLICIES
+
+        return _known(name, POLICIES)
+
+    @field_validator("routing_strategy")
+    @classmethod
+    def _strategy(cls, name: str) -> str:
+        from vllm_control_plane.core.routing import STRATEGIES
+
+        return _known(name, STRATEGIES)
+
+    @field_validator("prices")
+    @classmethod
+    def _prices(cls, prices: dict[str, float]) -> dict[str, float]:
+        return _canonical_prices(prices)
+
+    @model_validator(mode="after")
+    def _check(self) -> ControlPlaneConfig:
+        ids = [i.instance_id for i in self.instances] + [s.name for s in self.simulated]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"duplicate instance ids: {', '.join(dupes)}")
+        keys = [k.get_secret_value() for t in self.tenants for k in t.api_keys]
+        if len(keys) != len(set(keys)):
+            raise ValueError("an API key is listed more than once (keys must name one tenant)")
+        return self
+
+    def manager_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for :class:`~vllm_control_plane.manager.ControlPlaneManager`."""
+        return {
+            "scheduling_policy": self.scheduling_policy,
+            "routing_strategy": self.routing_strategy,
+            "enable_monitoring": self.monitor.enabled,
+            "limits": self.limits.to_core(),
+            "monitor_config": self.monitor.to_runtime(),
+            "drain_timeout_s": self.limits.drain_timeout_s,
+            "result_history": self.limits.history_size,
+            "seed": self.seed,
+        }
+
+    def execution_instances(self) -> list[ExecutionInstance]:
+        """The real (non-simulated) instances as library objects."""
+        return [i.to_instance(self.prices) for i in self.instances]
+
+
+def _known(name: str, registry: dict[str, Any]) -> str:
+    key = name.strip().lower().replace("-", "_")
+    if key not in registry:
+        raise ValueError(f"unknown name {name!r}; valid: {', '.join(registry)}")
+    return key
+
+
+def _canonical_prices(prices: dict[str, float]) -> dict[str, float]:
+    from vllm_control_plane.sim.profiles import get_gpu
+
+    out: dict[str, float] = {}
+    for name, price in prices.items():
+        if price < 0:
+            raise ValueError(f"{name}: must be >= 0, got {price}")
+        try:
+            out[get_gpu(name).name] = float(price)
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
+    return out
+
+
+def _price(own: float | None, gpu_type: str | None, prices: dict[str, float] | None) -> float | None:
+    if own is not None or not prices or gpu_type is None:
+        return own
+    from vllm_control_plane.sim.profiles import get_gpu
+
+    try:
+        return prices.get(get_gpu(gpu_type).name)
+    except ValueError:
+        return prices.get(gpu_type)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _message(err: dict[str, Any]) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    return str(err["msg"]).removeprefix("Value error, ")
+
+
+def parse_config(data: Any, source: str = "config") -> ControlPlaneConfig:
+    """Validate already-parsed YAML/JSON data (raises :class:`ConfigError`)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    try:
+        return ControlPlaneConfig.model_validate(data)
+    except ValidationError as e:
+        lines = [f"{_path(err['loc'])}: {_message(dict(err))}" for err in e.errors()]
+        raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(lines)) from None
+
+
+def load_config(path: str | Path) -> ControlPlaneConfig:
+    """Read and validate a YAML config file (raises :class:`ConfigError`)."""
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {p}: {e}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p} is not valid YAML: {e}") from e
+    return parse_config(data, str(p))
+
+
+def default_config() -> ControlPlaneConfig:
+    """No file given: an embedded simulated fleet of two models on three kinds of hardware."""
+    return parse_config(
+        {
+            "simulated": [
+                {"name": "h100-llama70b-tp4", "model": "llama-3-70b", "gpu": "H100", "tp": 4},
+                {
+                    "name": "a100-llama70b-tp2pp2",
+                    "model": "llama-3-70b",
+                    "gpu": "A100-80G",
+                    "tp": 2,
+                    "pp": 2,
+                },
+                {"name": "l4-llama8b", "model": "llama-3-8b", "gpu": "L4", "seed": 1},
+            ]
+        },
+        "default config",
+    )

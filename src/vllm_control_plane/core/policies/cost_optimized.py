@@ -1,0 +1,83 @@
+"""``cost_optimized``: the cheapest instances that still meet the request's SLO.
+
+Order: like ``priority`` (with aging) — this policy's job is where requests go, not when.
+
+Placement, per request at dispatch time, over every healthy instance of its model (full ones
+too): estimate the request's cost on each (``Prediction.cost_usd``: its predicted time there ×
+the instance's price × GPUs, shared with the batch it would join — so a fast dear GPU can be the
+cheaper one), keep those whose prediction meets the SLO and the budget, and group them in price
+bands: a band starts at its cheapest estimate and holds everything within ``band`` (10 %) of it,
+so equal-priced instances share load.
+
+* A request **with** an SLO gets every band as a tier, cheapest first: when the cheap band is
+  full it spills to the next one rather than miss its deadline.
+* A request **without** an SLO only gets the cheapest band and waits for room there — nothing
+  is worth paying more for.
+* When no instance can meet the SLO, it goes to the cheapest band anyway (paying more would not
+  save it). The cost budget is enforced by :meth:`SchedulingPolicy.budget_filter`.
+"""
+
+from __future__ import annotations
+
+from vllm_control_plane.core.interfaces import Prediction
+from vllm_control_plane.core.lifecycle import RequestRecord
+from vllm_control_plane.core.policies.base import (
+    Candidates,
+    Defer,
+    Instances,
+    Placement,
+    SchedulingPolicy,
+    Verdict,
+)
+from vllm_control_plane.core.policies.priority import aged_priority_key
+from vllm_control_plane.core.policies.slo_aware import has_deadline, meets_deadlines
+from vllm_control_plane.core.queue import QueueKey
+from vllm_control_plane.types import ExecutionInstance
+
+BAND = 0.10  # instances within 10 % of a band's cheapest estimate count as equally cheap
+
+
+def price_bands(
+    instances: Instances, preds: dict[str, Prediction], band: float = BAND
+) -> list[list[ExecutionInstance]]:
+    """Group ``instances`` by estimated cost, cheapest band first."""
+    ordered = sorted(instances, key=lambda i: preds[i.instance_id].cost_usd)
+    bands: list[list[ExecutionInstance]] = []
+    floor = 0.0
+    for inst in ordered:
+        cost = preds[inst.instance_id].cost_usd
+        if not bands or cost > floor * (1 + band):
+            bands.append([])
+            floor = cost
+        bands[-1].append(inst)
+    return bands
+
+
+class CostOptimizedPolicy(SchedulingPolicy):
+    name = "cost_optimized"
+
+    def order_key(self, rec: RequestRecord) -> QueueKey:
+        return aged_priority_key(rec, self.ctx.limits.aging_s)
+
+    def place(self, rec: RequestRecord, cands: Candidates, now: float) -> Verdict:
+        filtered = self.budget_filter(rec, cands)
+        if not isinstance(filtered, tuple):
+            return filtered
+        room_ids = {i.instance_id for i in filtered[0]}
+        everywhere = cands.everywhere()
+        preds = self.ctx.predict_all(rec, everywhere)
+        budget = rec.request.cost_budget
+        usable = [
+            i for i in everywhere if budget is None or preds[i.instance_id].cost_usd <= budget
+        ]
+        feasible = [i for i in usable if meets_deadlines(rec, preds[i.instance_id], now)]
+        bands = price_bands(feasible or usable, preds)
+        if not (feasible and has_deadline(rec)):
+            bands = bands[:1]
+        tiers = tuple(tuple(i for i in b if i.instance_id in room_ids) for b in bands)
+        if not any(tiers):
+            return Defer("cost_optimized: waiting for room on the cheapest instances")
+        cheapest = preds[bands[0][0].instance_id].cost_usd
+        note = "" if feasible or not has_deadline(rec) else "; no instance meets the SLO"
+        reason = f"cost_optimized: cheapest band est. ${cheapest:.6f}{note}"
+        return Placement(tiers, reason, preds)

@@ -1,0 +1,106 @@
+"""``slo_aware``: least slack first; instances that can meet the deadline.
+
+Order: slack at time ``t`` is ``deadline − t − predicted service``; ``t`` is common to all, so
+the static key is ``deadline − predicted service`` (the best prediction over the instances
+serving the request, taken once when it is first needed). With a TTFT SLO as well, the tighter
+of the two slacks counts. A request without SLO is keyed as if its deadline were
+``no_slo_slack_s`` after submission, so it is served when it truly has the least slack and
+cannot starve behind a stream of deadline traffic.
+
+Placement: instances with room whose current prediction meets the deadline(s). When none with
+room can, but a full one could, the request waits (Defer). When no instance could meet it at
+all — the rule for late requests:
+
+* hard deadline (``submit(hard_deadline=True)`` or ``CoreLimits.hard_deadlines``): TIMEOUT now,
+  with the prediction in the reason — running it would only waste GPU time;
+* otherwise it is demoted behind every request that can still make it and, when its turn
+  comes, placed on any instance with room (best effort; it counts as an SLO violation).
+
+Admission rejects a hard-deadline request whose best prediction already misses its deadline.
+"""
+
+from __future__ import annotations
+
+from vllm_control_plane.core.interfaces import Prediction
+from vllm_control_plane.core.lifecycle import RequestRecord
+from vllm_control_plane.core.policies.base import (
+    Candidates,
+    Defer,
+    Demote,
+    Drop,
+    Instances,
+    Placement,
+    SchedulingPolicy,
+    Verdict,
+)
+from vllm_control_plane.core.queue import QueueKey
+from vllm_control_plane.types import RequestStatus
+
+
+def meets_deadlines(rec: RequestRecord, pred: Prediction, now: float) -> bool:
+    """Would ``rec`` dispatched at ``now`` meet its end-to-end and TTFT deadlines?"""
+    deadline, ttft_deadline = rec.deadline_at, rec.ttft_deadline_at
+    if deadline is not None and now + pred.latency_ms / 1e3 > deadline:
+        return False
+    return ttft_deadline is None or now + pred.ttft_ms / 1e3 <= ttft_deadline
+
+
+def has_deadline(rec: RequestRecord) -> bool:
+    return rec.request.slo_deadline_ms is not None or rec.request.ttft_slo_ms is not None
+
+
+class SloAwarePolicy(SchedulingPolicy):
+    name = "slo_aware"
+
+    def order_key(self, rec: RequestRecord) -> QueueKey:
+        if rec.demoted:
+            return (1, rec.submitted_at)
+        best = self.ctx.best(rec) if has_deadline(rec) else None
+        if best is None:
+            return (0, rec.submitted_at + self.ctx.limits.no_slo_slack_s)
+        best_ttft_ms, best_latency_ms = best
+        slacks = []
+        if rec.deadline_at is not None:
+            slacks.append(rec.deadline_at - best_latency_ms / 1e3)
+        if rec.ttft_deadline_at is not None:
+            slacks.append(rec.ttft_deadline_at - best_ttft_ms / 1e3)
+        return (0, min(slacks))
+
+    def admit(self, rec: RequestRecord, serving: Instances, now: float) -> str | None:
+        if not (rec.hard_deadline and has_deadline(rec)):
+            return None
+        preds = self.ctx.predict_all(rec, serving).values()
+        if any(meets_deadlines(rec, p, now) for p in preds):
+            return None
+        best = min(p.latency_ms for p in preds)
+        return f"SLO impossible: best predicted latency {best:.0f} ms misses the hard deadline"
+
+    def place(self, rec: RequestRecord, cands: Candidates, now: float) -> Verdict:
+        filtered = self.budget_filter(rec, cands)
+        if not isinstance(filtered, tuple):
+            return filtered
+        room, preds = filtered
+        if not has_deadline(rec) or rec.demoted:
+            why = "no deadline" if not rec.demoted else "late: best effort"
+            return Placement((room,), f"slo_aware: {why}", preds)
+        preds = preds or self.ctx.predict_all(rec, room)
+        feasible = [i for i in room if meets_deadlines(rec, preds[i.instance_id], now)]
+        if feasible:
+            reason = f"slo_aware: {len(feasible)}/{len(room)} instance(s) meet the deadline"
+            return Placement((feasible,), reason, preds)
+        return self._late(rec, cands, preds, now)
+
+    def _late(
+        self, rec: RequestRecord, cands: Candidates, preds: dict[str, Prediction], now: float
+    ) -> Verdict:
+        others = [i for i in cands.everywhere() if i.instance_id not in preds]
+        if any(meets_deadlines(rec, self.ctx.predict(rec, i), now) for i in others):
+            return Defer("slo_aware: only busy instances can meet the deadline")
+        best = min(p.latency_ms for p in preds.values())
+        deadline = rec.deadline_at if rec.deadline_at is not None else rec.ttft_deadline_at
+        assert deadline is not None
+        left_ms = (deadline - now) * 1e3
+        why = f"cannot meet its deadline: best predicted {best:.0f} ms, {left_ms:.0f} ms left"
+        if rec.hard_deadline:
+            return Drop(RequestStatus.TIMEOUT, why)
+        return Demote(f"{why}; demoted behind feasible requests")

