@@ -4,9 +4,9 @@ For every registered strategy: a fleet of 64 instances (mixed H100 TP4 / A100 / 
 ``--warm`` dispatches of multi-turn-style prompts (a few hundred shared system prompts of 1-2K
 tokens plus a unique tail, text of ~4 characters per token and chained 16-token block hashes),
 about 200 requests kept in flight. Then ``--n`` more decisions are timed one by one: ``select``
-alone, and the ``on_dispatch`` + ``on_complete`` that follow it. Prints p50, mean and p99 in µs
-as a markdown table. The collector is paused while timing: its pauses over a large heap are not
-the decision's cost.
+alone, and the ``on_dispatch`` + ``on_complete`` that follow it. ``load_balanced`` runs a second
+time with the roofline estimator. Prints p50, mean and p99 in µs as a markdown table. The
+collector is paused while timing: its pauses over a large heap are not the decision's cost.
 
     python benchmarks/routing_decision_cost.py                 # defaults: 64 instances
     python benchmarks/routing_decision_cost.py --instances 8 --warm 2000 --n 2000
@@ -20,6 +20,7 @@ import random
 import statistics
 import time
 
+from vllm_control_plane.core.estimator import RooflineEstimator
 from vllm_control_plane.core.interfaces import RouteRequest, RoutingContext
 from vllm_control_plane.core.routing import get_strategy, strategy_names
 from vllm_control_plane.types import ExecutionInstance, RequestMetadata
@@ -67,11 +68,14 @@ class Workload:
         return RouteRequest(meta, tokens, self.rng.randrange(16, 512), now, text, tuple(hashes))
 
 
-def measure(name: str, instances: int, warm: int, n: int, seed: int) -> tuple[float, ...]:
+def measure(
+    name: str, instances: int, warm: int, n: int, seed: int, estimator: bool = False
+) -> tuple[float, ...]:
     rng = random.Random(seed)
     fleet = make_fleet(instances)
     by_id = {i.instance_id: i for i in fleet}
-    strategy = get_strategy(name, RoutingContext(rng=random.Random(seed)))
+    est = RooflineEstimator() if estimator else None
+    strategy = get_strategy(name, RoutingContext(estimator=est, rng=random.Random(seed)))
     work = Workload(rng)
     inflight: list[tuple[str, str]] = []
     select_ns, hooks_ns = [], []
@@ -119,9 +123,11 @@ def main() -> None:
     print(f"{args.instances} instances, {args.warm} warm-up decisions, {args.n} timed")
     print("| strategy | select p50 µs | select mean µs | select p99 µs | hooks mean µs |")
     print("|---|---:|---:|---:|---:|")
-    for name in strategy_names():
-        p50, mean, p99, hooks = measure(name, args.instances, args.warm, args.n, args.seed)
-        print(f"| {name} | {p50:.1f} | {mean:.1f} | {p99:.1f} | {hooks:.1f} |")
+    runs = [(name, False) for name in strategy_names()] + [("load_balanced", True)]
+    for name, est in runs:
+        p50, mean, p99, hooks = measure(name, args.instances, args.warm, args.n, args.seed, est)
+        label = f"{name} (RooflineEstimator)" if est else name
+        print(f"| {label} | {p50:.1f} | {mean:.1f} | {p99:.1f} | {hooks:.1f} |")
 
 
 if __name__ == "__main__":

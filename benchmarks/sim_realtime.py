@@ -4,9 +4,10 @@ Two measurements, each against a fresh ``vcp sim`` process pinned to CPU 0 while
 pinned to CPU 1 (so the server has its core):
 
 1. Capacity: ``--time-scale 0`` (engine steps take no wall time), so the server is CPU-bound.
-   C concurrent streams re-issue ``max_tokens`` completions for ``--duration`` seconds; we count
-   SSE chunks and tokens received. Run once with coalescing off (one chunk per token: the raw
-   chunks/s ceiling) and once with the default chunk budget.
+   C concurrent streams (starts staggered over one request's length) re-issue ``max_tokens``
+   completions for ``--duration`` seconds; we count SSE chunks and tokens received, and the
+   server's CPU time. Run once with coalescing off (one chunk per token: the raw chunks/s
+   ceiling) and once with the default chunk budget.
 2. Added latency: ``--time-scale 1`` (real time). Per request the client measures wall TTFT
    (send → first chunk) and E2E (send → ``[DONE]``); the server's own histograms give the same in
    model time. The difference is what HTTP, Python and coalescing add on top of the modelled GPU.
@@ -27,7 +28,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -48,6 +49,7 @@ class Result:
     wall_e2e: list[float] = field(default_factory=list)
     model_ttft_mean: float = 0.0
     model_e2e_mean: float = 0.0
+    server_cpu: float = 0.0  # CPU seconds the server used during the measurement
 
     def row(self) -> dict[str, float | int | str]:
         out: dict[str, float | int | str] = {
@@ -56,6 +58,7 @@ class Result:
             "chunks_per_s": round(self.chunks / self.seconds),
             "tokens_per_s": round(self.tokens / self.seconds),
             "tokens_per_chunk": round(self.tokens / max(self.chunks, 1), 2),
+            "server_cpu_pct": round(100 * self.server_cpu / self.seconds),
         }
         if self.wall_e2e:
             wall_ttft = sum(self.wall_ttft) / len(self.wall_ttft)
@@ -83,6 +86,14 @@ class SimProcess:
         )
         line = self.proc.stdout.readline()  # type: ignore[union-attr]
         self.url = next(w for w in line.split() if w.startswith("http://"))
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server so far (Linux /proc; 0 elsewhere)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def close(self) -> None:
         self.proc.terminate()
@@ -126,38 +137,51 @@ async def _one_request(session: aiohttp.ClientSession, url: str, body: dict, res
     res.wall_e2e.append(time.perf_counter() - t0)
 
 
-async def _drive(url: str, streams: int, duration: float, tokens: int, res: Result) -> None:
+async def _drive(sim: SimProcess, streams: int, duration: float, tokens: int, res: Result) -> None:
+    url = sim.url
     body = {"prompt": "benchmark " * 100, "max_tokens": tokens, "ignore_eos": True, "stream": True}
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
         await _wait_healthy(session, url)
+        await _one_request(session, url, {**body, "max_tokens": 2}, Result("warm-up", 1, 1.0))
+        async with session.get(url + "/metrics") as r:
+            before = _model_sums(await r.text())
         deadline = time.perf_counter() + duration
 
-        async def loop() -> None:
+        async def loop(i: int) -> None:
+            # Stagger the starts over one request's length so that streams do not all begin
+            # and end in the same engine step (a steady state, not a synchronised burst).
+            await asyncio.sleep(i / streams * min(1.0, tokens * 0.008))
             while time.perf_counter() < deadline:
                 await _one_request(session, url, body, res)
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*(loop() for _ in range(streams)))
+        t0, cpu0 = time.perf_counter(), sim.cpu_seconds()
+        await asyncio.gather(*(loop(i) for i in range(streams)))
         res.seconds = time.perf_counter() - t0
+        res.server_cpu = sim.cpu_seconds() - cpu0
         async with session.get(url + "/metrics") as r:
-            _model_means(await r.text(), res)
+            after = _model_sums(await r.text())
+    for key in ("ttft", "e2e"):
+        (s0, c0), (s1, c1) = before[key], after[key]
+        setattr(res, f"model_{key}_mean", (s1 - s0) / max(c1 - c0, 1))
 
 
-def _model_means(text: str, res: Result) -> None:
+def _model_sums(text: str) -> dict[str, tuple[float, float]]:
+    """(sum, count) of the server's TTFT and E2E histograms (model seconds)."""
     wanted = {"vllm:time_to_first_token_seconds": "ttft", "vllm:e2e_request_latency_seconds": "e2e"}
+    out = {}
     for fam in text_string_to_metric_families(text):
         if fam.name in wanted:
             vals = {s.name.rsplit("_", 1)[-1]: s.value for s in fam.samples}
-            mean = vals["sum"] / max(vals["count"], 1)
-            setattr(res, f"model_{wanted[fam.name]}_mean", mean)
+            out[wanted[fam.name]] = (vals["sum"], vals["count"])
+    return out
 
 
 def run(mode: str, streams: int, duration: float, tokens: int, sim_args: list[str]) -> Result:
     sim = SimProcess(*sim_args)
     try:
         res = Result(mode, streams, duration)
-        asyncio.run(_drive(sim.url, streams, duration, tokens, res))
+        asyncio.run(_drive(sim, streams, duration, tokens, res))
         return res
     finally:
         sim.close()
@@ -183,7 +207,7 @@ def main() -> None:
             res = run(mode, n, args.duration, args.tokens, base + extra)
             row = res.row()
             if mode.startswith("capacity"):
-                row = {k: v for k, v in row.items() if "ms" not in k and "pct" not in k}
+                row = {k: v for k, v in row.items() if not k.startswith(("model_", "added_"))}
             rows.append(row)
             print(json.dumps(row), flush=True)
     _print_table(rows)
@@ -200,5 +224,4 @@ def _print_table(rows: list[dict]) -> None:
 
 
 if __name__ == "__main__":
-    _ = asdict  # dataclass helpers kept importable for callers
     main()

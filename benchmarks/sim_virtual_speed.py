@@ -72,8 +72,13 @@ def main() -> None:
         ("engines", f"{args.engines} x {args.gpu} {args.model} tp{args.tp}"),
         ("routing", args.route + ("" if not args.no_fast_path else " (no fast path)")),
         ("simulated time", f"{sim_end:.1f} s"),
+        ("engine steps", f"{sum(e.num_steps for e in engines)}"),
         ("generated tokens", f"{tokens}"),
         ("wall time", f"{wall:.2f} s"),
+        (
+            "wall per engine step",
+            f"{wall / max(1, sum(e.num_steps for e in engines)) * 1e6:.2f} us",
+        ),
         ("speed-up vs real time", f"{sim_end / wall:.0f}x"),
         ("TTFT p50 / p99", f"{statistics.median(ttft) * 1e3:.1f} / {pct(ttft, 0.99) * 1e3:.1f} ms"),
     ]

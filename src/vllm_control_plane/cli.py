@@ -43,7 +43,7 @@ def sim(
     ),
     legacy_metrics: bool = typer.Option(False, help="Serve pre-0.10 vLLM metric names."),
     max_chunks_per_second: float | None = typer.Option(
-        None, min=0.0, help="SSE chunk budget for coalescing (default 4000; 0: no limit)."
+        None, min=0.0, help="SSE chunk budget for coalescing (default 10000; 0: no limit)."
     ),
     fleet: Path | None = typer.Option(
         None, help="Fleet YAML: run several servers; other server flags are ignored."
@@ -116,6 +116,24 @@ def sim(
     except (OSError, ValueError) as e:  # port in use, unknown model/GPU profile, ...
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
+
+
+@app.command()
+def serve(
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="Cluster YAML (default: an embedded simulated fleet)."
+    ),
+    host: str | None = typer.Option(None, help="Address to bind (default: server.host)."),
+    port: int | None = typer.Option(
+        None, min=0, max=65535, help="Port to bind (default: server.port, 8080)."
+    ),
+) -> None:
+    """Run the OpenAI-compatible gateway (no --config: over an embedded simulated fleet)."""
+    from vllm_control_plane.gateway.cli import run
+
+    status = run(config, host, port, typer.echo)
+    if status:
+        raise typer.Exit(status)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -227,7 +227,9 @@ class LimitsConfig(_Strict):
     """A removed instance's running requests get this long to finish."""
 
     def to_core(self) -> CoreLimits:
-        per_priority = {RequestPriority.parse(k): v for k, v in self.max_queued_per_priority.items()}
+        per_priority = {
+            RequestPriority.parse(k): v for k, v in self.max_queued_per_priority.items()
+        }
         return CoreLimits(
             max_queued=self.max_queued,
             max_queued_per_priority=per_priority,
@@ -365,7 +367,9 @@ def _canonical_prices(prices: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def _price(own: float | None, gpu_type: str | None, prices: dict[str, float] | None) -> float | None:
+def _price(
+    own: float | None, gpu_type: str | None, prices: dict[str, float] | None
+) -> float | None:
     if own is not None or not prices or gpu_type is None:
         return own
     from vllm_control_plane.sim.profiles import get_gpu

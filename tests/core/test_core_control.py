@@ -360,3 +360,46 @@ def test_strategy_outside_candidates_is_a_loud_bug() -> None:
     c.submit(request("r"), 0.0, prompt_tokens=8)
     with pytest.raises(RuntimeError, match="not among its candidates"):
         c.next_dispatches(0.0)
+
+
+def test_metrics_are_computed_from_what_happened() -> None:
+    c = core()
+    c.add_instance(instance("a", max_concurrent_requests=10))
+    timings = {"r0": (0.1, 1.1, 11), "r1": (0.2, 2.2, 21), "r2": (0.3, 0.3, 1)}
+    for rid in timings:
+        prio = "high" if rid == "r0" else "low"
+        c.submit(request(rid, priority=prio, slo_deadline_ms=1500), 0.0, prompt_tokens=10)
+    c.next_dispatches(0.0)
+    for rid, (first, done, n) in timings.items():
+        c.on_first_token(rid, first)
+        c.on_complete(rid, done, prompt_tokens=10, completion_tokens=n, finish_reason="stop")
+    m = c.metrics(10.0)
+    assert m.completed_requests == 3 and m.completion_tokens == 33 and m.prompt_tokens == 30
+    assert m.avg_latency_ms == pytest.approx((1100 + 2200 + 300) / 3)
+    assert m.p50_latency_ms == pytest.approx(1100) and m.p99_latency_ms <= 2200
+    assert m.avg_ttft_ms == pytest.approx(200)
+    assert m.p50_tpot_ms == pytest.approx(100)  # both have (E2E − TTFT)/(n − 1) = 100 ms
+    assert m.requests_per_second == pytest.approx(3 / 10) and m.tokens_per_second == pytest.approx(
+        3.3
+    )
+    assert m.slo_requests == 3 and m.slo_violations == 1  # r1 took 2.2 s > 1.5 s
+    assert m.slo_compliance_by_priority == {"high": 1.0, "low": 0.5}
+    assert m.total_cost > 0 and m.cost_per_token == pytest.approx(m.total_cost / 33)
+    assert c.instance("a").avg_latency_ms > 0 and c.instance("a").total_requests == 3
+
+
+def test_runtime_conveniences() -> None:
+    c = core()
+    c.add_instance(instance("a"))
+    assert not c.knows("r")
+    c.submit(request("r"), 1.0, prompt_tokens=8)
+    assert c.knows("r") and c.is_live("r")
+    c.next_dispatches(1.5)
+    c.on_complete("r", 2.0, prompt_tokens=8, completion_tokens=4, finish_reason="stop")
+    rec = c.record("r")
+    assert c.knows("r") and not c.is_live("r")
+    assert rec.queue_time_ms == pytest.approx(500) and rec.latency_ms == pytest.approx(1000)
+    assert rec.slo_met is None
+    c.submit(request("q"), 2.0, prompt_tokens=8)
+    out = c.cancel("q", 2.1, reason="control plane stopped")
+    assert out.cancelled and c.record("q").reason == "control plane stopped"

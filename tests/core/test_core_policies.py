@@ -204,3 +204,58 @@ def test_adaptive_picks_cost_optimized_on_a_quiet_fleet_with_price_spread() -> N
         t += 0.2
     assert policy.active.name == "cost_optimized" and "prices differ" in policy.why
     assert c.summary(t)["active_policy"] == "cost_optimized"
+
+
+def test_parked_request_wakes_when_its_instance_frees_a_slot() -> None:
+    c = ControlCore("cost_optimized", "round_robin")
+    c.add_instance(instance("cheap", gpu_type="A100-80G", cost_per_gpu_hour=0.5,
+                            max_concurrent_requests=1))  # fmt: skip
+    c.add_instance(instance("fast", gpu_type="H100", cost_per_gpu_hour=4.0))
+    c.submit(request("a", max_tokens=200), 0.0, prompt_tokens=64)
+    c.submit(request("b", max_tokens=200), 0.0, prompt_tokens=64)
+    assert [d.request_id for d in c.next_dispatches(0.0)] == ["a"]
+    assert c.next_dispatches(0.1) == [] and c.summary(0.1)["pending_requests"] == 1
+    c.on_complete("a", 1.0, prompt_tokens=64, completion_tokens=200, finish_reason="length")
+    assert [(d.request_id, d.instance_id) for d in c.next_dispatches(1.0)] == [("b", "cheap")]
+
+
+def test_parked_requests_can_be_cancelled_and_survive_a_policy_switch() -> None:
+    c = ControlCore("cost_optimized", "round_robin")
+    c.add_instance(instance("cheap", gpu_type="A100-80G", cost_per_gpu_hour=0.5,
+                            max_concurrent_requests=1))  # fmt: skip
+    c.add_instance(instance("fast", gpu_type="H100", cost_per_gpu_hour=4.0))
+    for rid in ("a", "b", "c"):
+        c.submit(request(rid, max_tokens=200), 0.0, prompt_tokens=64)
+    c.next_dispatches(0.0)  # a runs on cheap; b and c are parked waiting for it
+    assert c.cancel("b", 0.1).changed
+    c.set_policy("fifo")  # fifo places anywhere with room: c goes to the fast instance
+    assert [(d.request_id, d.instance_id) for d in c.next_dispatches(0.2)] == [("c", "fast")]
+    assert c.counters().identity_holds()
+
+
+def test_slo_aware_waits_for_the_only_instance_fast_enough() -> None:
+    c = ControlCore("slo_aware", "round_robin")
+    c.add_instance(instance("fast", gpu_type="H100", max_concurrent_requests=1))
+    c.add_instance(instance("slow", gpu_type="L4"))
+    c.submit(request("x", max_tokens=100), 0.0, prompt_tokens=32)
+    c.submit(request("y", slo_deadline_ms=3_000, max_tokens=100), 0.0, prompt_tokens=32)
+    c.submit(request("z", max_tokens=100), 0.0, prompt_tokens=32)
+    first = {d.request_id: d.instance_id for d in c.next_dispatches(0.0)}
+    assert first["y"] == "fast" and set(first) == {"x", "y", "z"}
+    c.submit(request("w", slo_deadline_ms=3_000, max_tokens=100), 0.0, prompt_tokens=32)
+    assert c.next_dispatches(0.0) == []  # the L4 cannot make 3 s; wait for the H100
+    c.on_complete("y", 0.9, prompt_tokens=32, completion_tokens=100, finish_reason="length")
+    assert [(d.request_id, d.instance_id) for d in c.next_dispatches(0.9)] == [("w", "fast")]
+
+
+def test_every_freed_slot_wakes_a_parked_request() -> None:
+    c = ControlCore("cost_optimized", "round_robin")
+    c.add_instance(instance("cheap", gpu_type="A100-80G", cost_per_gpu_hour=0.5,
+                            max_concurrent_requests=2))  # fmt: skip
+    c.add_instance(instance("fast", gpu_type="H100", cost_per_gpu_hour=4.0))
+    for rid in ("a1", "a2", "b1", "b2"):
+        c.submit(request(rid, max_tokens=200), 0.0, prompt_tokens=64)
+    assert [d.request_id for d in c.next_dispatches(0.0)] == ["a1", "a2"]
+    for rid in ("a1", "a2"):  # two slots free before the driver asks again
+        c.on_complete(rid, 1.0, prompt_tokens=64, completion_tokens=200, finish_reason="length")
+    assert [d.request_id for d in c.next_dispatches(1.0)] == ["b1", "b2"]

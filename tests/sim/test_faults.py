@@ -261,7 +261,7 @@ async def _refused(srv: SimServer) -> bool:
 
 
 async def test_startup_delay(sim_spec: EngineSpec) -> None:
-    faults = FaultConfig(startup_delay_s=0.2)
+    faults = FaultConfig(startup_delay_s=0.5)
     async with SimServer(sim_spec, time_scale=0.02, faults=faults) as srv:
         assert srv.port != 0 and not srv.ready
         assert await _refused(srv)
@@ -270,8 +270,8 @@ async def test_startup_delay(sim_spec: EngineSpec) -> None:
 
 
 async def test_startup_delay_at_run_time_restarts(sim_server: SimServer, wait_until) -> None:
-    status, cfg = await _admin(sim_server, {"startup_delay_s": 0.2})
-    assert status == 200 and cfg["startup_delay_s"] == 0.2
+    status, cfg = await _admin(sim_server, {"startup_delay_s": 0.5})
+    assert status == 200 and cfg["startup_delay_s"] == 0.5
     await wait_until(lambda: not sim_server.ready, what="listener closed")
     assert await _refused(sim_server)
     await sim_server.wait_ready(timeout=5)

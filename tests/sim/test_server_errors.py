@@ -95,3 +95,23 @@ def _assert_nothing_left(srv: SimServer) -> None:
     assert stats.num_requests_running == stats.num_requests_waiting == 0
     assert stats.kv_cache_usage_perc == 0.0 and sum(stats.request_success.values()) == 0
     assert srv.service.num_active == 0
+
+
+async def test_engine_failure_becomes_500_and_unhealthy(sim_spec: EngineSpec) -> None:
+    async with SimServer(sim_spec, time_scale=0.02) as srv:
+        engine = srv.engine
+
+        def broken_step(now: float):
+            raise RuntimeError("GPU fell off the bus")
+
+        engine.step = broken_step  # type: ignore[method-assign]
+        body = {"prompt": "x", "max_tokens": 5, "stream": True}
+        async with aiohttp.ClientSession() as s:
+            async with s.post(srv.url + "/v1/completions", json=body) as r:
+                raw = await r.read()
+            assert r.status == 200 and raw.endswith(b"data: [DONE]\n\n")
+            assert b'"type": "InternalServerError"' in raw and b"GPU fell off" in raw
+            async with s.get(srv.url + "/health") as r:
+                assert r.status == 503
+            status, err = await _post(srv, {"prompt": "x"})
+            assert status == 500 and _err(err)["type"] == "InternalServerError"

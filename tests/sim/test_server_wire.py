@@ -138,9 +138,9 @@ async def test_tokenize(sim_server: SimServer) -> None:
 
 
 async def test_coalescing_keeps_counts_exact(sim_spec: EngineSpec) -> None:
-    # A budget of 1 chunk/s: between the (immediate) first token and the (immediate) finish,
-    # nothing else is due, so 40 tokens travel in exactly two content chunks.
-    async with SimServer(sim_spec, time_scale=0.02, max_chunks_per_s=1.0) as srv:
+    # A budget of one chunk per 1000 s: between the (immediate) first token and the (immediate)
+    # finish nothing else is due, so 40 tokens travel in exactly two content chunks.
+    async with SimServer(sim_spec, time_scale=0.02, max_chunks_per_s=1e-3) as srv:
         body = {"prompt": "x", "max_tokens": 40, "stream": True, "ignore_eos": True,
                 "stream_options": {"include_usage": True}}  # fmt: skip
         _, _, raw = await _post(srv, "/v1/completions", body)

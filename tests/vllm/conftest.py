@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,8 @@ def vllm_servers(
 ) -> Iterator[list[VllmServer]]:
     """Two real vLLM servers on 127.0.0.1, started together, stopped at session end."""
     work_root = tmp_path_factory.mktemp("vllm-servers")
-    configs = [vllm_server_config, vllm_server_config]
+    # Left to itself vLLM pins both workers to core 0; give each its own core instead.
+    cores = os.cpu_count() or 1
+    configs = [replace(vllm_server_config, omp_threads_bind=str(i % cores)) for i in range(2)]
     with running_servers(vllm_env, configs, work_root=work_root) as servers:
         yield servers

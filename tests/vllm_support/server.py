@@ -52,6 +52,9 @@ class VllmServerConfig:
     kv_cache_memory_bytes: int = 64 * 1024 * 1024
     extra_args: tuple[str, ...] = ()
     extra_env: tuple[tuple[str, str], ...] = ()
+    # Cores for the worker's OpenMP threads (VLLM_CPU_OMP_THREADS_BIND, e.g. "1"); None lets vLLM
+    # choose, and it pins every server's worker to core 0 and keeps core 1 for the front end.
+    omp_threads_bind: str | None = None
     startup_timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S
 
     def cli_args(self, port: int) -> list[str]:
@@ -131,7 +134,11 @@ class VllmServer:
             "TRANSFORMERS_OFFLINE": "1",
             "VLLM_NO_USAGE_STATS": "1",
             "DO_NOT_TRACK": "1",
+            # vLLM advertises this address for its internal queues; keep it on loopback.
+            "VLLM_HOST_IP": "127.0.0.1",
         }
+        if self.config.omp_threads_bind is not None:
+            env["VLLM_CPU_OMP_THREADS_BIND"] = self.config.omp_threads_bind
         return env | dict(self.config.extra_env)
 
     def wait_ready(self, timeout_s: float | None = None) -> float:

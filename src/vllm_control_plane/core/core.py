@@ -67,6 +67,8 @@ from vllm_control_plane.types import (
 
 _S = RequestStatus
 
+__all__ = ["CancelResult", "ControlCore", "CoreLimits", "Dispatch"]
+
 
 @dataclass(frozen=True, slots=True)
 class Dispatch:
@@ -89,6 +91,11 @@ class CancelResult:
     status: RequestStatus  # the request's status after the call
     changed: bool  # False: it had already ended, nothing was done
     abort_instance_id: str | None = None  # the runtime must abort the engine request here
+
+    @property
+    def cancelled(self) -> bool:
+        """True when this call ended the request (alias of ``changed``)."""
+        return self.changed
 
 
 def _strategy_from(name: str | RoutingStrategy, ctx: RoutingContext) -> RoutingStrategy:
@@ -119,6 +126,7 @@ class ControlCore:
         self._routing_ctx = RoutingContext(estimator=self.estimator, rng=random.Random(seed))
         self._strategy = _strategy_from(strategy, self._routing_ctx)
         self._queue = RequestQueue(self._policy.order_key)
+        self._fleet.on_ready = self._wake
         self._live: dict[str, RequestRecord] = {}
         self._history: OrderedDict[str, RequestRecord] = OrderedDict()
         self._on_instance: dict[str, set[str]] = {}
@@ -161,12 +169,15 @@ class ControlCore:
 
     # ------------------------------------------------------------------------ instances ----
     def add_instance(self, inst: ExecutionInstance) -> None:
-        """Register an engine server. Its live counters start from zero (the core owns them)."""
+        """Register an engine server. Its live counters start from zero and it is available
+        (the core owns those fields from now on)."""
         inst.active_requests = 0
+        inst.is_available = True
         self._fleet.add(inst)
         self._meter.add_instance(inst.instance_id, hourly_rate(inst, resolve_gpu(inst).name))
         self._on_instance[inst.instance_id] = set()
         self._update_price_spread()
+        self._queue.wake_all()
 
     def remove_instance(self, instance_id: str) -> list[str]:
         """Unregister at once; returns the requests still running there (they finish or fail
@@ -178,6 +189,7 @@ class ControlCore:
         if not running:
             self._forget_instance(instance_id)
         self._update_price_spread()
+        self._queue.wake_all()
         if inst.model_name not in self._fleet.models():
             self._reject_orphans(inst.model_name, self._now)
         return running
@@ -185,15 +197,20 @@ class ControlCore:
     def drain_instance(self, instance_id: str) -> list[str]:
         """No new dispatches to the instance; returns the requests still running there."""
         self._set(instance_id, is_available=False)
+        self._queue.wake_all()
         return self.requests_on(instance_id)
 
     def resume_instance(self, instance_id: str) -> None:
         """Undo :meth:`drain_instance`."""
         self._set(instance_id, is_available=True)
+        self._queue.wake_all()
 
     def set_health(self, instance_id: str, healthy: bool, now: float) -> None:
         self._tick(now)
+        changed = self._fleet.get(instance_id).is_healthy != healthy
         self._set(instance_id, is_healthy=healthy)
+        if changed:
+            self._queue.wake_all()
 
     def update_load(
         self, instance_id: str, running: int, waiting: int, kv_usage: float, now: float
@@ -218,6 +235,10 @@ class ControlCore:
         """Ids of requests scheduled or running on the instance."""
         self._fleet.get(instance_id)
         return sorted(self._on_instance.get(instance_id, ()))
+
+    def _wake(self, inst: ExecutionInstance) -> None:
+        free = inst.max_concurrent_requests - inst.active_requests
+        self._queue.wake(inst.instance_id, max(1, free))
 
     def _set(self, instance_id: str, **fields: object) -> None:
         inst = self._fleet.get(instance_id)
@@ -373,9 +394,11 @@ class ControlCore:
     def next_dispatches(self, now: float, limit: int | None = None) -> list[Dispatch]:
         """Place queued requests on instances with room, in policy order (at most ``limit``).
 
-        A request none of whose allowed instances has room is passed over (it keeps its place);
-        after ``limits.max_skips_per_dispatch`` such requests in one class the class counts as
-        blocked for this call, which bounds the work when a whole class waits.
+        A request none of whose allowed instances has room is passed over and keeps its place:
+        parked until one of the instances it waits for gains a slot (it costs nothing
+        meanwhile), or — when the policy names no instances — skipped, and after
+        ``limits.max_skips_per_dispatch`` such skips in one class the class counts as blocked for
+        this call, which bounds the work per call.
         """
         self._tick(now)
         if self._rekey_pending:
@@ -400,15 +423,19 @@ class ControlCore:
             result = self._decide(rec, now)
             if isinstance(result, Dispatch):
                 out.append(result)
+            elif isinstance(result, Defer) and result.wait_for:
+                self._queue.park(rec, key, result.wait_for)
             elif isinstance(result, Defer):
                 parked.append((rec, key))
                 skips[cls] = skips.get(cls, 0) + 1
                 if skips[cls] > self.limits.max_skips_per_dispatch:
                     blocked.add(cls)
-            elif isinstance(result, Demote):
+            elif isinstance(result, Demote) and not rec.demoted:
                 rec.demoted = True
                 rec.reason = result.reason
                 self._queue.restore(rec, self._policy.order_key(rec))
+            elif isinstance(result, Demote):  # demoted twice: the policy gives no place; skip
+                parked.append((rec, key))
             else:
                 self._finish(rec, result.status, now, result.reason)
         for rec, key in parked:
@@ -418,11 +445,13 @@ class ControlCore:
     def _decide(self, rec: RequestRecord, now: float) -> Dispatch | Verdict:
         hint = rec.request.parallelism_hint
         room = self._fleet.ready(rec.model_name, hint, rec.excluded)
-        if not room:
-            return Defer("no allowed instance has room")
 
         def everywhere() -> Sequence[ExecutionInstance]:
             return self._fleet.usable(rec.model_name, hint, rec.excluded)
+
+        if not room:
+            wait_for = frozenset(i.instance_id for i in everywhere())
+            return Defer("no allowed instance has room", wait_for or None)
 
         verdict = self._policy.place(rec, Candidates(room, everywhere), now)
         if not isinstance(verdict, Placement):
@@ -511,7 +540,10 @@ class ControlCore:
             if not holders:
                 self._forget_instance(iid)
             return
-        self._fleet.refresh(inst)
+        was_ready = self._fleet.is_ready(iid)
+        self._fleet.refresh(inst)  # a transition to ready wakes parked requests (on_ready)
+        if was_ready:
+            self._queue.wake(iid, 1)  # already ready: the freed slot still wakes one
         self._strategy.on_complete(rec.request_id, iid, now)
 
     # ------------------------------------------------------------------------- feedback ----
@@ -608,14 +640,14 @@ class ControlCore:
         self._queue.push(rec, now)
         self._acct.on_retry()
 
-    def cancel(self, request_id: str, now: float) -> CancelResult:
+    def cancel(self, request_id: str, now: float, *, reason: str = "cancelled") -> CancelResult:
         """Cancel in any state: queued → CANCELLED; scheduled/running → CANCELLED and the
         instance to abort is returned; already ended → nothing changes."""
-        return self._stop(request_id, now, _S.CANCELLED, "cancelled")
+        return self._stop(request_id, now, _S.CANCELLED, reason)
 
-    def on_timeout(self, request_id: str, now: float) -> CancelResult:
+    def on_timeout(self, request_id: str, now: float, *, reason: str = "timed out") -> CancelResult:
         """The runtime's timeout fired: TIMEOUT from any live state (like :meth:`cancel`)."""
-        return self._stop(request_id, now, _S.TIMEOUT, "timed out")
+        return self._stop(request_id, now, _S.TIMEOUT, reason)
 
     def expire(self, now: float) -> list[str]:
         """TIMEOUT every queued hard-deadline request whose deadline is ``<= now``."""
@@ -688,6 +720,14 @@ class ControlCore:
         self._now = max(self._now, now)
 
     # -------------------------------------------------------------------------- queries ----
+    def knows(self, request_id: str) -> bool:
+        """Is the id live or still in the finished history?"""
+        return request_id in self._live or request_id in self._history
+
+    def is_live(self, request_id: str) -> bool:
+        """Is the id submitted and not yet ended (a resubmission would raise)?"""
+        return request_id in self._live
+
     def status(self, request_id: str) -> RequestStatus:
         return self.record(request_id).status
 

@@ -19,13 +19,16 @@ How it works:
   count is read from its name ("mistral-7b" → 7e9, "8x7b" → 56e9), else an 8B model.
 
 Raw step times are memoised on ``(profile, batch, waiting, prompt bucket, output bucket)`` with
-buckets ~19 % wide, so a dispatch that compares 64 instances costs dictionary look-ups.
+buckets at most 25 % wide, and final predictions on ``(instance, batch, waiting, prompt,
+output)`` while the instance's calibration is unchanged, so a dispatch that compares 64
+instances costs dictionary look-ups.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vllm_control_plane.core.cost import hourly_rate
@@ -98,6 +101,10 @@ class _Perf:
     max_seqs: int
     usd_per_hour: float
 
+    @property
+    def usd_per_s(self) -> float:
+        return self.usd_per_hour / 3600.0
+
 
 @dataclass(slots=True)
 class _Calibration:
@@ -107,12 +114,21 @@ class _Calibration:
 
 
 def _bucket(x: int) -> int:
-    """~19 %-wide logarithmic buckets (4 per doubling); exact below 8."""
-    return x if x < 8 else 8 + int(4 * math.log2(x / 8))
+    """Logarithmic buckets, 4 per doubling (≤ 25 % wide), exact below 8: the exponent and the
+    two bits after the leading one."""
+    if x < 8:
+        return x
+    e = x.bit_length() - 1
+    return 4 * e + ((x >> (e - 2)) & 3)
 
 
 def _unbucket(b: int) -> int:
-    return b if b < 8 else round(8 * 2 ** ((b - 8 + 0.5) / 4))
+    """A representative value (the middle) of bucket ``b``."""
+    if b < 8:
+        return b
+    e, frac = divmod(b, 4)
+    low = (4 + frac) << (e - 2)
+    return low + (1 << (e - 2)) // 2
 
 
 class RooflineEstimator:
@@ -122,36 +138,79 @@ class RooflineEstimator:
         if not 0 < alpha <= 1:
             raise ValueError("alpha must be in (0, 1]")
         self.alpha = alpha
-        self._perf: dict[tuple[object, ...], _Perf] = {}
+        self._perf_by_id: dict[str, tuple[ExecutionInstance, _Perf]] = {}
         self._calib: dict[str, _Calibration] = {}
         self._raw: dict[tuple[object, ...], tuple[float, float]] = {}
+        # Final predictions by (instance, batch, waiting, prompt, output), valid while the
+        # instance's calibration version and profile are unchanged: a dispatch changes one
+        # instance's load, so the next comparison of 64 instances is mostly look-ups.
+        self._memo: dict[tuple[object, ...], tuple[int, _Perf, Prediction]] = {}
 
     # -- prediction ---------------------------------------------------------------------------
     def predict(
         self, instance: ExecutionInstance, prompt_tokens: int, output_tokens: int
     ) -> Prediction:
-        perf = self._perf_of(instance)
-        batch = min(max(instance.active_requests, instance.num_requests_running) + 1, perf.max_seqs)
+        iid = instance.instance_id
+        entry = self._perf_by_id.get(iid)
+        perf = entry[1] if entry is not None and entry[0] is instance else self._register(instance)
+        batch = max(instance.active_requests, instance.num_requests_running) + 1
+        if batch > perf.max_seqs:
+            batch = perf.max_seqs
         waiting = instance.num_requests_waiting
-        ttft_s, tpot_s = self._raw_times(perf, batch, waiting, prompt_tokens, output_tokens)
+        calib = self._calib.get(iid)
+        version = calib.samples if calib is not None else 0
+        key = (iid, batch, waiting, prompt_tokens, output_tokens)
+        hit = self._memo.get(key)
+        if hit is not None and hit[0] == version and hit[1] is perf:
+            return hit[2]
+        pred = self._predict(instance, perf, batch, waiting, prompt_tokens, output_tokens)
+        if len(self._memo) >= _CACHE_LIMIT:
+            self._memo.clear()
+        self._memo[key] = (version, perf, pred)
+        return pred
+
+    def predict_floor(
+        self, instance: ExecutionInstance, prompt_tokens: int, output_tokens: int
+    ) -> Prediction:
+        """The prediction on an idle instance (batch 1, empty engine queue): a lower bound
+        that does not move with load, for stable queue keys and hopeless-request tests."""
+        return self._predict(instance, self._perf_of(instance), 1, 0, prompt_tokens, output_tokens)
+
+    def predict_many(
+        self, instances: Sequence[ExecutionInstance], prompt_tokens: int, output_tokens: int
+    ) -> dict[str, Prediction]:
+        """:meth:`predict` for several instances (what policies and routers compare)."""
+        predict = self.predict
+        return {i.instance_id: predict(i, prompt_tokens, output_tokens) for i in instances}
+
+    def _predict(
+        self,
+        instance: ExecutionInstance,
+        perf: _Perf,
+        batch: int,
+        waiting: int,
+        prompt: int,
+        output: int,
+    ) -> Prediction:
+        key = (perf.key, batch, waiting, _bucket(prompt), _bucket(output))
+        raw = self._raw.get(key)
+        if raw is None:
+            raw = self._raw_times(key, perf)
+        ttft_s, tpot_s = raw
         calib = self._calib.get(instance.instance_id)
         if calib is not None:
             ttft_s, tpot_s = ttft_s * calib.ttft, tpot_s * calib.tpot
-        latency_s = ttft_s + tpot_s * max(0, output_tokens - 1)
-        cost = latency_s * perf.usd_per_hour / 3600.0 / batch
+        latency_s = ttft_s + tpot_s * (output - 1 if output > 1 else 0)
+        cost = latency_s * perf.usd_per_s / batch
         return Prediction(ttft_s * 1e3, tpot_s * 1e3, latency_s * 1e3, cost)
 
-    def _raw_times(
-        self, perf: _Perf, batch: int, waiting: int, prompt: int, output: int
-    ) -> tuple[float, float]:
-        key = (perf.key, batch, waiting, _bucket(prompt), _bucket(output))
-        hit = self._raw.get(key)
-        if hit is None:
-            if len(self._raw) >= _CACHE_LIMIT:
-                self._raw.clear()
-            hit = self._compute(perf, batch, waiting, _unbucket(key[3]), _unbucket(key[4]))
-            self._raw[key] = hit
-        return hit
+    def _raw_times(self, key: tuple[object, ...], perf: _Perf) -> tuple[float, float]:
+        if len(self._raw) >= _CACHE_LIMIT:
+            self._raw.clear()
+        _, batch, waiting, pb, ob = key
+        raw = self._compute(perf, batch, waiting, _unbucket(pb), _unbucket(ob))  # type: ignore[arg-type]
+        self._raw[key] = raw
+        return raw
 
     @staticmethod
     def _compute(
@@ -167,18 +226,16 @@ class RooflineEstimator:
         return ttft, tpot
 
     def _perf_of(self, instance: ExecutionInstance) -> _Perf:
-        key = (
-            instance.model_name,
-            instance.gpu_type,
-            instance.gpu_memory_gb,
-            instance.tensor_parallel_size,
-            instance.pipeline_parallel_size,
-            instance.cost_per_gpu_hour,
-            instance.gpu_count,
-        )
-        perf = self._perf.get(key)
-        if perf is None:
-            perf = self._perf[key] = self._build(instance)
+        # Static fields are read once per instance object (a re-registered instance is a new
+        # object); the hot path is one dict look-up and an identity check.
+        entry = self._perf_by_id.get(instance.instance_id)
+        if entry is not None and entry[0] is instance:
+            return entry[1]
+        return self._register(instance)
+
+    def _register(self, instance: ExecutionInstance) -> _Perf:
+        perf = self._build(instance)
+        self._perf_by_id[instance.instance_id] = (instance, perf)
         return perf
 
     @staticmethod
@@ -223,6 +280,7 @@ class RooflineEstimator:
 
     def forget(self, instance_id: str) -> None:
         self._calib.pop(instance_id, None)
+        self._perf_by_id.pop(instance_id, None)
 
     def describe(self, instance: ExecutionInstance) -> dict[str, object]:
         """Which profiles and price the estimate of ``instance`` rests on (for status pages)."""

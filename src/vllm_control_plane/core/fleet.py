@@ -10,7 +10,7 @@ are *retired*: invisible to routing, kept until their last request ends so accou
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from vllm_control_plane.core.limits import CoreLimits
 from vllm_control_plane.types import ExecutionInstance, ParallelismType
@@ -43,6 +43,8 @@ class Fleet:
         self._ready: dict[str, dict[str, ExecutionInstance]] = {}
         self._ready_count: dict[tuple[str, ParallelismType | None], int] = {}
         self._classes: dict[str, list[ParallelismType | None]] = {}
+        # Called when an instance becomes ready (the queue un-parks requests waiting for it).
+        self.on_ready: Callable[[ExecutionInstance], None] | None = None
 
     # -- registry -----------------------------------------------------------------------------
     def add(self, inst: ExecutionInstance) -> None:
@@ -127,6 +129,10 @@ class Fleet:
             i for i in insts.values() if i.instance_id not in excluded and matches_hint(i, hint)
         ]
 
+    def is_ready(self, instance_id: str) -> bool:
+        inst = self._all.get(instance_id)
+        return inst is not None and instance_id in self._ready[inst.model_name]
+
     def has_ready(self, cls: tuple[str, ParallelismType | None]) -> bool:
         return self._ready_count.get(cls, 0) > 0
 
@@ -157,6 +163,8 @@ class Fleet:
         for hint in self._classes[inst.instance_id]:
             key = (inst.model_name, hint)
             self._ready_count[key] = self._ready_count.get(key, 0) + step
+        if ready and self.on_ready is not None:
+            self.on_ready(inst)
 
     # -- signals ------------------------------------------------------------------------------
     def utilisation(self) -> float:

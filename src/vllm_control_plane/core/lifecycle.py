@@ -116,6 +116,23 @@ class RequestRecord:
         return (self.finished_at - self.submitted_at) * 1000.0
 
     @property
+    def latency_ms(self) -> float | None:
+        """End-to-end latency of a completed request (alias of :attr:`e2e_ms`)."""
+        return self.e2e_ms
+
+    @property
+    def queue_time_ms(self) -> float | None:
+        """Submission → (last) dispatch; None if never dispatched."""
+        if self.scheduled_at is None:
+            return None
+        return (self.scheduled_at - self.submitted_at) * 1000.0
+
+    @property
+    def slo_met(self) -> bool | None:
+        """:meth:`met_slo` as a property."""
+        return self.met_slo()
+
+    @property
     def ttft_ms(self) -> float | None:
         if self.first_token_at is None:
             return None

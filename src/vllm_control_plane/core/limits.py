@@ -50,9 +50,10 @@ class CoreLimits:
     no_slo_slack_s: float = 60.0
     """``slo_aware``: a request without SLO is ordered as if its deadline were this far away."""
 
-    max_skips_per_dispatch: int = 32
-    """Queued requests of one class that may be passed over (no allowed instance with room) in
-    one ``next_dispatches`` call before that class counts as blocked; bounds the work per call."""
+    max_skips_per_dispatch: int = 8
+    """Deferred requests of one class that name no instance to wait for and may be passed over
+    in one ``next_dispatches`` call before that class counts as blocked; bounds the work per
+    call (requests that wait for named instances are parked instead and cost nothing)."""
 
     metrics_window: int = 10_000
     """Completed requests kept for latency percentiles."""

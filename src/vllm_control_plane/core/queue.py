@@ -12,6 +12,11 @@ Theory of operation
 * Removal (cancel, shed, timeout) is lazy: an entry is live while its token matches the
   member table; stale entries are dropped when they reach a head, and the heaps are compacted
   when stale entries outnumber live ones.
+* A request that must wait for particular instances (the policy deferred it until one of them
+  has room) is *parked* in a side heap keyed by that instance set; when one of them gains a slot,
+  :meth:`wake` moves that many heads back. So a waiting request costs nothing per dispatch call
+  and cannot block the requests behind it. Structural changes (instances added, removed, drained,
+  health flips) call :meth:`wake_all`.
 * Retries wait in a ``not_before`` heap; hard deadlines in a deadline heap; arrival order per
   priority (insertion-ordered dicts) answers "newest request of the lowest priority" for shedding.
 """
@@ -47,6 +52,7 @@ class RequestQueue:
             p: {} for p in RequestPriority
         }
         self._delayed: list[tuple[float, int, int, RequestRecord]] = []
+        self._parked: dict[frozenset[str], list[_Entry]] = {}
         self._deadlines: list[tuple[float, int, RequestRecord]] = []
         self._token = 0
         self._stale = 0
@@ -82,6 +88,37 @@ class RequestQueue:
     def restore(self, rec: RequestRecord, key: QueueKey) -> None:
         """Put back a request :meth:`pop` returned (passed over, or demoted with a new key)."""
         self._push_ready(rec, self._admit(rec), key)
+
+    def park(self, rec: RequestRecord, key: QueueKey, wait_for: frozenset[str]) -> None:
+        """Put back a popped request that waits until one of ``wait_for`` has room."""
+        token = self._admit(rec)
+        heap = self._parked.setdefault(wait_for, [])
+        heapq.heappush(heap, (key[0], key[1], rec.seq, token, rec))
+
+    def wake(self, instance_id: str, slots: int) -> None:
+        """``instance_id`` gained ``slots`` free slots: un-park up to that many heads of every
+        side heap waiting for it."""
+        for wait_for in [w for w in self._parked if instance_id in w]:
+            self._unpark(wait_for, slots)
+
+    def wake_all(self) -> None:
+        for wait_for in list(self._parked):
+            self._unpark(wait_for, None)
+
+    def parked_count(self) -> int:
+        return sum(1 for h in self._parked.values() for e in h if self._live(e[3], e[4]))
+
+    def _unpark(self, wait_for: frozenset[str], limit: int | None) -> None:
+        heap = self._parked[wait_for]
+        moved = 0
+        while heap and (limit is None or moved < limit):
+            lane, value, seq, token, rec = heapq.heappop(heap)
+            if self._live(token, rec):
+                target = self._heaps.setdefault(class_of(rec), [])
+                heapq.heappush(target, (lane, value, seq, token, rec))
+                moved += 1
+        if not heap:
+            del self._parked[wait_for]
 
     def _admit(self, rec: RequestRecord) -> int:
         self._token += 1
@@ -186,7 +223,7 @@ class RequestQueue:
 
     def _rebuild(self, now: float) -> None:
         live = sorted(self, key=lambda r: r.seq)
-        self._heaps, self._delayed, self._deadlines = {}, [], []
+        self._heaps, self._delayed, self._deadlines, self._parked = {}, [], [], {}
         self._members.clear()
         for by_id in self._by_prio.values():
             by_id.clear()
@@ -206,6 +243,13 @@ class RequestQueue:
                 self._heaps[cls] = kept
             else:
                 del self._heaps[cls]
+        for wait_for, heap in list(self._parked.items()):
+            kept = [e for e in heap if self._live(e[3], e[4])]
+            heapq.heapify(kept)
+            if kept:
+                self._parked[wait_for] = kept
+            else:
+                del self._parked[wait_for]
         self._delayed = [e for e in self._delayed if self._live(e[2], e[3])]
         heapq.heapify(self._delayed)
         self._deadlines = [e for e in self._deadlines if e[2].request_id in self._members]

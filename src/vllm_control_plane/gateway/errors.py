@@ -71,7 +71,9 @@ class GatewayError(Exception):
         )
 
 
-def bad_request(message: str, param: str | None = None, code: str = "invalid_value") -> GatewayError:
+def bad_request(
+    message: str, param: str | None = None, code: str = "invalid_value"
+) -> GatewayError:
     return GatewayError(400, message, code, param)
 
 
@@ -106,8 +108,11 @@ def deadline_passed(message: str) -> GatewayError:
 def from_http_exception(exc: web.HTTPException) -> GatewayError:
     """aiohttp's own refusals (unknown route, wrong method, body too large) in our envelope."""
     codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
-    message = exc.text if exc.text and exc.status != 413 else exc.reason
-    if exc.status == 413:
-        message = "Request body is too large."
+    messages = {
+        404: "No such route.",
+        405: "Method not allowed on this route.",
+        413: "Request body is too large.",
+    }
+    message = messages.get(exc.status) or exc.reason
     headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-    return GatewayError(exc.status, message or exc.reason, codes.get(exc.status), headers=headers)
+    return GatewayError(exc.status, message, codes.get(exc.status), headers=headers)

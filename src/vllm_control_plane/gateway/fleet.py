@@ -48,10 +48,14 @@ class EmbeddedFleet:
             legacy_metrics=bool(cfg.legacy_metrics),
             name=cfg.name,
         )
-        await server.start()
+        await server.start()  # ValueError: unknown model/GPU, does not fit; OSError: port
         self._servers[cfg.name] = server
         self._configs[cfg.name] = cfg
         return cfg.to_instance(server.host, server.port, prices)
+
+    def server(self, instance_id: str) -> SimServer:
+        """The running simulated server behind ``instance_id`` (KeyError if none)."""
+        return self._servers[instance_id]
 
     async def stop_server(self, instance_id: str) -> None:
         server = self._servers.pop(instance_id, None)

@@ -88,8 +88,8 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
 async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
     gw = request.app[GATEWAY_KEY]
     try:
-        creq = _admit(gw, request.headers, await _read_body(request, gw.config.server.max_body_bytes),
-                      chat)  # fmt: skip
+        raw = await _read_body(request, gw.config.server.max_body_bytes)
+        creq = _admit(gw, request.headers, raw, chat)
     except GatewayError as e:
         gw.metrics.rejected(e.code or str(e.status))
         raise

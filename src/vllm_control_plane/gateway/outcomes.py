@@ -41,9 +41,10 @@ def error_for(result: RequestResult, captured: Captured, retry_after_s: int) -> 
         return GatewayError(503, f"Request was cancelled: {reason}.", "request_cancelled",
                             headers=_NO_RETRY)  # fmt: skip
     failure = captured.failure
-    if failure is not None and failure.status is not None and 400 <= failure.status < 500:
-        if failure.status != 429:  # the engine refused the request itself: pass its answer on
-            return GatewayError(failure.status, failure.error, "engine_rejected")
+    engine_status = failure.status if failure is not None else None
+    if engine_status is not None and 400 <= engine_status < 500 and engine_status != 429:
+        # the engine refused the request itself (bad parameters): pass its answer on
+        return GatewayError(engine_status, failure.error, "engine_rejected")  # type: ignore[union-attr]
     return GatewayError(502, f"The engine failed the request: {reason}", "engine_error")
 
 

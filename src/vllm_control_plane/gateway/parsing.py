@@ -170,7 +170,9 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
         raise bad_request("`messages` must be a non-empty list of messages.", "messages")
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise bad_request(f"`messages[{i}]` must be an object with a string `role`.", "messages")
+            raise bad_request(
+                f"`messages[{i}]` must be an object with a string `role`.", "messages"
+            )
         content = m.get("content")
         if content is not None and not isinstance(content, str | list):
             raise bad_request(
@@ -203,7 +205,9 @@ def _priority(headers: Mapping[str, str], tenant: TenantPolicy | None) -> Reques
         prio = RequestPriority.parse(int(raw) if raw.strip().isdigit() else raw)
     except ValueError:
         valid = ", ".join(p.name.lower() for p in RequestPriority)
-        raise bad_request(f"X-Priority must be one of {valid}, got {raw!r}.", "X-Priority") from None
+        raise bad_request(
+            f"X-Priority must be one of {valid}, got {raw!r}.", "X-Priority"
+        ) from None
     if tenant is not None and prio < tenant.max_priority:
         return tenant.max_priority  # a tenant cannot ask for more urgency than it was granted
     return prio

@@ -69,7 +69,9 @@ def plan_reload(old: ControlPlaneConfig, new: ControlPlaneConfig) -> ReloadPlan:
     plan = ReloadPlan()
     plan.add = [cfg for iid, cfg in after.items() if iid not in before]
     plan.remove = [iid for iid in before if iid not in after]
-    plan.replace = [cfg for iid, cfg in after.items() if iid in before and not _same(before[iid], cfg)]
+    plan.replace = [
+        cfg for iid, cfg in after.items() if iid in before and not _same(before[iid], cfg)
+    ]
     if new.scheduling_policy != old.scheduling_policy:
         plan.policy = new.scheduling_policy
     if new.routing_strategy != old.routing_strategy:

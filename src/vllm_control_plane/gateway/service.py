@@ -122,9 +122,9 @@ class Gateway:
     def check_serving(self, model: str | None) -> None:
         """503 when no healthy, non-draining instance serves ``model`` right now."""
         for inst in self.cp.get_instances():
-            if (model is None or inst.model_name == model) and inst.is_healthy:
-                if inst.is_available:
-                    return
+            serves = model is None or inst.model_name == model
+            if serves and inst.is_healthy and inst.is_available:
+                return
         what = f"model {model!r}" if model else "any model"
         raise no_instance(f"No healthy instance serves {what}.", self.config.server.retry_after_s)
 
@@ -143,14 +143,21 @@ class Gateway:
         self.cp.register_instance(inst)
         self._refresh_models()
 
-    async def add_instance(self, cfg: InstanceConfig | SimulatedInstanceConfig) -> ExecutionInstance:
+    async def add_instance(
+        self, cfg: InstanceConfig | SimulatedInstanceConfig
+    ) -> ExecutionInstance:
         """Register a real instance, or start and register a simulated one."""
         known = {i.instance_id for i in self.cp.get_instances()}
         name = cfg.name if isinstance(cfg, SimulatedInstanceConfig) else cfg.instance_id
         if name in known:
-            raise GatewayError(409, f"instance {name!r} is already registered", "duplicate_instance")
+            raise GatewayError(
+                409, f"instance {name!r} is already registered", "duplicate_instance"
+            )
         if isinstance(cfg, SimulatedInstanceConfig):
-            inst = await self.fleet.start_server(cfg, self.config.prices)
+            try:
+                inst = await self.fleet.start_server(cfg, self.config.prices)
+            except (ValueError, OSError) as e:
+                raise GatewayError(400, f"cannot start simulated instance: {e}") from None
         else:
             inst = cfg.to_instance(self.config.prices)
         self._register(inst)

@@ -48,7 +48,11 @@ class ApiError(Exception):
     """An error answer in vLLM's envelope: ``{"error": {message, type, param, code}}``."""
 
     def __init__(
-        self, message: str, status: int = 400, err_type: str = "BadRequestError", param=None
+        self,
+        message: str,
+        status: int = 400,
+        err_type: str = "BadRequestError",
+        param: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message

@@ -185,6 +185,11 @@ class SimEngine:
         return len(self._waiting)
 
     @property
+    def num_steps(self) -> int:
+        """Beats (non-idle steps) run so far, fast path included."""
+        return self._beat
+
+    @property
     def num_unfinished(self) -> int:
         """Running + waiting: a cheap load signal for routers (no stats snapshot)."""
         return len(self._live)

@@ -31,7 +31,7 @@ from aiohttp import web
 
 from vllm_control_plane.sim.engine import SimEngine
 from vllm_control_plane.sim.faults import FaultConfig, FaultInjector
-from vllm_control_plane.sim.server import DEFAULT_MAX_CHUNKS_PER_S, SimService
+from vllm_control_plane.sim.server import DEFAULT_MAX_CHUNKS_PER_S, SimService, warm_up
 from vllm_control_plane.sim.types import EngineSpec
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,7 @@ class SimServer:
         if self._service is not None:
             return
         engine = SimEngine(self.spec)
+        warm_up()
         self._service = SimService(
             engine, faults=self._injector, on_restart=self._schedule_restart, **self._options
         )

@@ -4,7 +4,8 @@ How it works: every server owns a private ``CollectorRegistry`` (several servers
 must not share series). Engine gauges and counters are not pushed on every step: a collector reads
 ``engine.stats()`` when scraped, so they are exact and cost nothing between scrapes. Latency
 histograms are observed by the HTTP layer as requests progress, in *model* seconds (wall time
-divided by the time scale), so they describe the modelled hardware rather than this process.
+divided by the time scale), so they describe the modelled hardware rather than this process; they
+are plain counters behind a collector, because inter-token latency is observed per token.
 
 Names follow vLLM v1 (``vllm/v1/metrics/loggers.py``): labels ``model_name`` and ``engine``
 ("0"), and the same bucket boundaries. ``legacy=True`` serves the pre-0.10 names instead:
@@ -14,11 +15,19 @@ Names follow vLLM v1 (``vllm/v1/metrics/loggers.py``): labels ``model_name`` and
 
 from __future__ import annotations
 
+import math
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from vllm_control_plane.sim.types import EngineStats
 
@@ -39,7 +48,7 @@ REQUEST_LATENCY_BUCKETS = (
     240.0, 480.0, 960.0, 1920.0, 7680.0,
 )  # fmt: skip
 
-__all__ = ["CONTENT_TYPE", "SimMetrics"]
+__all__ = ["CONTENT_TYPE", "LatencyHistogram", "SimMetrics"]
 
 
 class _EngineCollector(Collector):
@@ -91,45 +100,78 @@ class _EngineCollector(Collector):
         return c
 
 
+class LatencyHistogram:
+    """A single-series histogram, cheaper to observe than ``prometheus_client.Histogram``.
+
+    Observed once per generated token per request (inter-token latency), so it must cost little:
+    one ``bisect`` and two additions, no lock (the asyncio loop is single-threaded).
+    """
+
+    __slots__ = ("bounds", "count", "counts", "doc", "name", "sum")
+
+    def __init__(self, name: str, doc: str, bounds: tuple[float, ...]) -> None:
+        self.name, self.doc, self.bounds = name, doc, bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last slot is +Inf
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.count += 1
+        self.sum += value
+
+    def family(self, labels: list[str]) -> HistogramMetricFamily:
+        cumulative, running = [], 0
+        for bound, n in zip((*self.bounds, math.inf), self.counts, strict=True):
+            running += n
+            cumulative.append((floatToGoString(bound), running))
+        h = HistogramMetricFamily(self.name, self.doc, labels=LABELS)
+        h.add_metric(labels, cumulative, self.sum)
+        return h
+
+
+class _HistogramCollector(Collector):
+    def __init__(self, histograms: list[LatencyHistogram], model_name: str) -> None:
+        self._histograms = histograms
+        self._labels = [model_name, "0"]
+
+    def collect(self) -> Iterator[Metric]:
+        for h in self._histograms:
+            yield h.family(self._labels)
+
+
 class SimMetrics:
     """The metrics of one simulated server (its own registry)."""
 
     def __init__(
         self, stats: Callable[[], EngineStats], model_name: str, legacy: bool = False
     ) -> None:
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_EngineCollector(stats, model_name, legacy))
         if legacy:
             itl_name = "vllm:time_per_output_token_seconds"
             itl_doc = "Histogram of time per output token in seconds."
         else:
             itl_name = "vllm:inter_token_latency_seconds"
             itl_doc = "Histogram of inter-token latency in seconds."
-        self.ttft = self._histogram(
+        self.ttft = LatencyHistogram(
             "vllm:time_to_first_token_seconds",
             "Histogram of time to first token in seconds.",
             TTFT_BUCKETS,
-            model_name,
         )
-        self.itl = self._histogram(itl_name, itl_doc, ITL_BUCKETS, model_name)
-        self.e2e = self._histogram(
+        self.itl = LatencyHistogram(itl_name, itl_doc, ITL_BUCKETS)
+        self.e2e = LatencyHistogram(
             "vllm:e2e_request_latency_seconds",
             "Histogram of e2e request latency in seconds.",
             REQUEST_LATENCY_BUCKETS,
-            model_name,
         )
-        self.queue_time = self._histogram(
+        self.queue_time = LatencyHistogram(
             "vllm:request_queue_time_seconds",
             "Histogram of time spent in WAITING phase for request.",
             REQUEST_LATENCY_BUCKETS,
-            model_name,
         )
-
-    def _histogram(
-        self, name: str, doc: str, buckets: tuple[float, ...], model_name: str
-    ) -> Histogram:
-        h = Histogram(name, doc, LABELS, buckets=buckets, registry=self.registry)
-        return h.labels(model_name, "0")
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_EngineCollector(stats, model_name, legacy))
+        hists = [self.ttft, self.itl, self.e2e, self.queue_time]
+        self.registry.register(_HistogramCollector(hists, model_name))
 
     def render(self) -> bytes:
         """The exposition text (Prometheus text format 0.0.4)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TypeVar
 
 GIB = 1024**3
 MIB = 1024**2
@@ -102,6 +103,7 @@ class ModelProfile:
         return 2 * layers * kv_heads * self.head_dim * self.dtype_bytes
 
 
+_P = TypeVar("_P", "GPUProfile", "ModelProfile")
 _GPUS: dict[str, GPUProfile] = {}
 _MODELS: dict[str, ModelProfile] = {}
 _GPU_ALIASES: dict[str, str] = {}
@@ -124,7 +126,13 @@ def register_model(profile: ModelProfile, *, replace: bool = False) -> ModelProf
     return profile
 
 
-def _register(profile, aliases, table, alias_table, replace: bool) -> None:  # type: ignore[no-untyped-def]
+def _register(
+    profile: _P,
+    aliases: tuple[str, ...],
+    table: dict[str, _P],
+    alias_table: dict[str, str],
+    replace: bool,
+) -> None:
     key = _key(profile.name)
     names = [key, *(_key(a) for a in aliases)]
     if not replace:

@@ -88,9 +88,10 @@ class EngineRunner:
         t = self._anchor_model + (time.monotonic() - self._anchor_wall) / self.time_scale
         return min(t, self._next) if self._busy else max(t, self._next)
 
-    def model_to_wall(self, seconds: float) -> float:
-        """Wall seconds that ``seconds`` of model time take at this time scale."""
-        return seconds * self.time_scale
+    @staticmethod
+    def wall() -> float:
+        """The monotonic wall clock (seconds), for pacing decisions at the HTTP edge."""
+        return time.monotonic()
 
     # ------------------------------------------------------------ requests
 

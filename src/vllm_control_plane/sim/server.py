@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
-import time
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from vllm_control_plane import tokenizer
 from vllm_control_plane.sim import api_models as api
 from vllm_control_plane.sim.faults import FaultInjector, error_type_for_status
 from vllm_control_plane.sim.kv_cache import hash_token_blocks
@@ -40,7 +41,7 @@ from vllm_control_plane.sim.types import EngineInputError, EngineRequest, StepRe
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_CHUNKS_PER_S = 4000.0
+DEFAULT_MAX_CHUNKS_PER_S = 10000.0
 JSON = "application/json"
 SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
 
@@ -315,7 +316,7 @@ class SimService:
         while True:
             if a.tokens == a.sent and a.finish is None:
                 await a.wait()
-            if await self._stream_faults(resp, writer, a):
+            if a.tokens >= self._fault_limit() and await self._stream_faults(resp, writer, a):
                 return
             n = a.tokens - a.sent
             done = a.finish is not None
@@ -323,7 +324,7 @@ class SimService:
                 continue
             a.sent += n
             await resp.write(writer.delta(a.text.take(n), a.sent, a.finish if done else None))
-            a.last_flush = time.monotonic()
+            a.last_flush = self.runner.wall()
             if done:
                 cached = a.cached if self.prompt_tokens_details else None
                 await resp.write(writer.final(a.sent, cached))
@@ -356,7 +357,13 @@ class SimService:
             await resp.write(writer.delta(a.text.take(n), a.sent))
 
     def _fault_due(self, tokens: int) -> bool:
-        return self.faults.crash_due(tokens) or self.faults.midstream_error_due(tokens)
+        return tokens >= self._fault_limit()
+
+    def _fault_limit(self) -> float:
+        """Token count at which a crash or mid-stream error fault fires (inf: none armed)."""
+        cfg = self.faults.config
+        limits = (cfg.crash_after_tokens, cfg.midstream_error_after_tokens)
+        return min((x for x in limits if x is not None), default=math.inf)
 
     async def _crash(self) -> Any:
         """The crash fault: abort every request and cut every open connection. Never returns:
@@ -379,8 +386,9 @@ class SimService:
 
     def _on_step(self, start: float, end: float, result: StepResult) -> None:
         """Publish one step: metrics in model time, then wake handlers with something to send."""
-        wall = time.monotonic()
+        wall = self.runner.wall()
         interval = self._streams / self.max_chunks_per_s if self.max_chunks_per_s > 0 else 0.0
+        limit = self._fault_limit()
         m = self.metrics
         for out in result.outputs:
             a = self._active.get(out.request_id)
@@ -403,7 +411,7 @@ class SimService:
                 a.wake()
             elif (
                 a.stream and a.tokens > a.sent and (a.sent == 0 or wall - a.last_flush >= interval)
-            ) or self._fault_due(a.tokens):
+            ) or a.tokens >= limit:
                 a.wake()
 
     def _on_engine_error(self, exc: BaseException) -> None:
@@ -413,6 +421,13 @@ class SimService:
                 a.waiter.set_exception(
                     api.ApiError(f"Engine error: {exc}", 500, "InternalServerError")
                 )
+
+
+def warm_up() -> None:
+    """Load the tokenizer and the text table now (about 0.1 s) rather than in the first
+    request, whose latency it would otherwise inflate."""
+    tokenizer.get_encoding()
+    TextSource(0).peek(0, 1)
 
 
 async def _until_cancelled() -> Any:

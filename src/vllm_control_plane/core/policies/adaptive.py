@@ -67,6 +67,8 @@ class AdaptivePolicy(SchedulingPolicy):
         """Adopt new thresholds; forgets the outcome window."""
         self.settings = settings
         self._outcomes: deque[bool | None] = deque(maxlen=settings.window)
+        self._judged = 0
+        self._met = 0
         self._since_switch = 0
 
     # -- delegation ---------------------------------------------------------------------------
@@ -95,13 +97,12 @@ class AdaptivePolicy(SchedulingPolicy):
 
     # -- switching ----------------------------------------------------------------------------
     def attainment(self) -> float | None:
-        judged = [o for o in self._outcomes if o is not None]
-        if len(judged) < self.settings.min_samples:
+        if self._judged < self.settings.min_samples:
             return None
-        return sum(judged) / len(judged)
+        return self._met / self._judged
 
     def observe(self, rec: RequestRecord, signals: FleetSignals) -> bool:
-        self._outcomes.append(rec.met_slo())
+        self._remember(rec.met_slo())
         self._since_switch += 1
         if self._since_switch < self.settings.dwell:
             return False
@@ -113,6 +114,18 @@ class AdaptivePolicy(SchedulingPolicy):
         self.switches += 1
         self._since_switch = 0
         return True
+
+    def _remember(self, met: bool | None) -> None:
+        """Slide the window, keeping judged / met counts so attainment is O(1)."""
+        if len(self._outcomes) == self._outcomes.maxlen:
+            old = self._outcomes[0]
+            if old is not None:
+                self._judged -= 1
+                self._met -= int(old)
+        self._outcomes.append(met)
+        if met is not None:
+            self._judged += 1
+            self._met += int(met)
 
     def _choose(self, sig: FleetSignals) -> tuple[str, str]:
         s, att, current = self.settings, self.attainment(), self.active.name

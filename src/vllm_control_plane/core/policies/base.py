@@ -48,9 +48,15 @@ class Placement:
 
 @dataclass(frozen=True, slots=True)
 class Defer:
-    """Leave the request queued for now; requests behind it may pass."""
+    """Leave the request queued for now; requests behind it may pass.
+
+    ``wait_for``: the instances it waits for (busy now). The core parks it until one of them
+    gains a free slot, so it costs nothing meanwhile. ``None``: re-examined on every dispatch
+    call (bounded by ``CoreLimits.max_skips_per_dispatch``).
+    """
 
     reason: str
+    wait_for: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,14 +117,21 @@ class PolicyContext:
         return self.estimator.predict(inst, rec.prompt_tokens, rec.output_tokens)
 
     def predict_all(self, rec: RequestRecord, instances: Instances) -> dict[str, Prediction]:
+        many = getattr(self.estimator, "predict_many", None)
+        if many is not None:  # the default estimator's batched fast path
+            return many(instances, rec.prompt_tokens, rec.output_tokens)  # type: ignore[no-any-return]
         predict, p, o = self.estimator.predict, rec.prompt_tokens, rec.output_tokens
         return {inst.instance_id: predict(inst, p, o) for inst in instances}
 
     def best(self, rec: RequestRecord) -> tuple[float, float] | None:
-        """(best TTFT ms, best latency ms) over the instances serving ``rec``, cached on the
-        record at first use so keys derived from it stay stable while it waits."""
+        """(best TTFT ms, best latency ms) over the instances serving ``rec`` — on idle
+        instances when the estimator offers ``predict_floor`` — cached on the record at first
+        use so keys derived from it stay stable while it waits."""
         if rec.best_latency_ms is None:
-            preds = self.predict_all(rec, self.serving(rec)).values()
+            floor = getattr(self.estimator, "predict_floor", None)  # load-free, if offered
+            predict = floor or self.estimator.predict
+            p, o = rec.prompt_tokens, rec.output_tokens
+            preds = [predict(i, p, o) for i in self.serving(rec)]
             if not preds:
                 return None
             rec.best_ttft_ms = min(p.ttft_ms for p in preds)
@@ -180,8 +193,11 @@ class SchedulingPolicy(abc.ABC):
         if fits:
             return fits, preds
         full = [i for i in cands.everywhere() if i.instance_id not in preds]
-        if any(self.ctx.predict(rec, i).cost_usd <= budget for i in full):
-            return Defer("waiting for an instance within the cost budget")
+        wait_for = frozenset(
+            i.instance_id for i in full if self.ctx.predict(rec, i).cost_usd <= budget
+        )
+        if wait_for:
+            return Defer("waiting for an instance within the cost budget", wait_for)
         cheapest = min(p.cost_usd for p in preds.values())
         return Drop(
             RequestStatus.REJECTED,

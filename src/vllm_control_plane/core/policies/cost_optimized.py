@@ -30,7 +30,7 @@ from vllm_control_plane.core.policies.base import (
     Verdict,
 )
 from vllm_control_plane.core.policies.priority import aged_priority_key
-from vllm_control_plane.core.policies.slo_aware import has_deadline, meets_deadlines
+from vllm_control_plane.core.policies.slo_aware import feasible, has_deadline
 from vllm_control_plane.core.queue import QueueKey
 from vllm_control_plane.types import ExecutionInstance
 
@@ -53,6 +53,16 @@ def price_bands(
     return bands
 
 
+def cheapest_band(
+    instances: Instances, preds: dict[str, Prediction], band: float = BAND
+) -> list[list[ExecutionInstance]]:
+    """Just the first band of :func:`price_bands` (no sort): what a request without SLO uses."""
+    if not instances:
+        return []
+    ceiling = min(preds[i.instance_id].cost_usd for i in instances) * (1 + band)
+    return [[i for i in instances if preds[i.instance_id].cost_usd <= ceiling]]
+
+
 class CostOptimizedPolicy(SchedulingPolicy):
     name = "cost_optimized"
 
@@ -70,14 +80,16 @@ class CostOptimizedPolicy(SchedulingPolicy):
         usable = [
             i for i in everywhere if budget is None or preds[i.instance_id].cost_usd <= budget
         ]
-        feasible = [i for i in usable if meets_deadlines(rec, preds[i.instance_id], now)]
-        bands = price_bands(feasible or usable, preds)
-        if not (feasible and has_deadline(rec)):
+        slo = has_deadline(rec)
+        ok = feasible(rec, usable, preds, now) if slo else usable
+        bands = price_bands(ok or usable, preds) if slo else cheapest_band(usable, preds)
+        if not ok:
             bands = bands[:1]
         tiers = tuple(tuple(i for i in b if i.instance_id in room_ids) for b in bands)
         if not any(tiers):
-            return Defer("cost_optimized: waiting for room on the cheapest instances")
+            wait_for = frozenset(i.instance_id for i in bands[0]) if bands else None
+            return Defer("cost_optimized: waiting for room on the cheapest instances", wait_for)
         cheapest = preds[bands[0][0].instance_id].cost_usd
-        note = "" if feasible or not has_deadline(rec) else "; no instance meets the SLO"
+        note = "" if ok else "; no instance meets the SLO"
         reason = f"cost_optimized: cheapest band est. ${cheapest:.6f}{note}"
         return Placement(tiers, reason, preds)

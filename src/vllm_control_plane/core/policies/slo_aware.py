@@ -34,7 +34,7 @@ from vllm_control_plane.core.policies.base import (
     Verdict,
 )
 from vllm_control_plane.core.queue import QueueKey
-from vllm_control_plane.types import RequestStatus
+from vllm_control_plane.types import ExecutionInstance, RequestStatus
 
 
 def meets_deadlines(rec: RequestRecord, pred: Prediction, now: float) -> bool:
@@ -43,6 +43,29 @@ def meets_deadlines(rec: RequestRecord, pred: Prediction, now: float) -> bool:
     if deadline is not None and now + pred.latency_ms / 1e3 > deadline:
         return False
     return ttft_deadline is None or now + pred.ttft_ms / 1e3 <= ttft_deadline
+
+
+def remaining_ms(rec: RequestRecord, now: float) -> tuple[float, float]:
+    """(ms left for the whole request, ms left for its first token); inf where no SLO."""
+    inf = float("inf")
+    deadline, ttft_deadline = rec.deadline_at, rec.ttft_deadline_at
+    return (
+        inf if deadline is None else (deadline - now) * 1e3,
+        inf if ttft_deadline is None else (ttft_deadline - now) * 1e3,
+    )
+
+
+def feasible(
+    rec: RequestRecord, instances: Instances, preds: dict[str, Prediction], now: float
+) -> list[ExecutionInstance]:
+    """The instances on which ``rec`` dispatched now is predicted to meet its deadlines."""
+    lat, ttft = remaining_ms(rec, now)
+    out = []
+    for inst in instances:
+        p = preds[inst.instance_id]
+        if p.latency_ms <= lat and p.ttft_ms <= ttft:
+            out.append(inst)
+    return out
 
 
 def has_deadline(rec: RequestRecord) -> bool:
@@ -83,24 +106,40 @@ class SloAwarePolicy(SchedulingPolicy):
         if not has_deadline(rec) or rec.demoted:
             why = "no deadline" if not rec.demoted else "late: best effort"
             return Placement((room,), f"slo_aware: {why}", preds)
+        hopeless = self._hopeless(rec, now)
+        if hopeless is not None:
+            return hopeless
         preds = preds or self.ctx.predict_all(rec, room)
-        feasible = [i for i in room if meets_deadlines(rec, preds[i.instance_id], now)]
-        if feasible:
-            reason = f"slo_aware: {len(feasible)}/{len(room)} instance(s) meet the deadline"
-            return Placement((feasible,), reason, preds)
+        ok = feasible(rec, room, preds, now)
+        if ok:
+            reason = f"slo_aware: {len(ok)}/{len(room)} instance(s) meet the deadline"
+            return Placement((ok,), reason, preds)
         return self._late(rec, cands, preds, now)
+
+    def _hopeless(self, rec: RequestRecord, now: float) -> Verdict | None:
+        """O(1) test against the cached best prediction (made when the fleet was no busier
+        for this request): already too late there means too late anywhere now."""
+        best = self.ctx.best(rec)
+        if best is None or meets_deadlines(rec, Prediction(best[0], 0.0, best[1], 0.0), now):
+            return None
+        return self._verdict_late(rec, best[1], now)
+
+    def _verdict_late(self, rec: RequestRecord, best_ms: float, now: float) -> Verdict:
+        deadline = rec.deadline_at if rec.deadline_at is not None else rec.ttft_deadline_at
+        assert deadline is not None
+        left_ms = (deadline - now) * 1e3
+        why = f"cannot meet its deadline: best predicted {best_ms:.0f} ms, {left_ms:.0f} ms left"
+        if rec.hard_deadline:
+            return Drop(RequestStatus.TIMEOUT, why)
+        return Demote(f"{why}; demoted behind feasible requests")
 
     def _late(
         self, rec: RequestRecord, cands: Candidates, preds: dict[str, Prediction], now: float
     ) -> Verdict:
         others = [i for i in cands.everywhere() if i.instance_id not in preds]
-        if any(meets_deadlines(rec, self.ctx.predict(rec, i), now) for i in others):
-            return Defer("slo_aware: only busy instances can meet the deadline")
-        best = min(p.latency_ms for p in preds.values())
-        deadline = rec.deadline_at if rec.deadline_at is not None else rec.ttft_deadline_at
-        assert deadline is not None
-        left_ms = (deadline - now) * 1e3
-        why = f"cannot meet its deadline: best predicted {best:.0f} ms, {left_ms:.0f} ms left"
-        if rec.hard_deadline:
-            return Drop(RequestStatus.TIMEOUT, why)
-        return Demote(f"{why}; demoted behind feasible requests")
+        wait_for = frozenset(
+            i.instance_id for i in others if meets_deadlines(rec, self.ctx.predict(rec, i), now)
+        )
+        if wait_for:
+            return Defer("slo_aware: only busy instances can meet the deadline", wait_for)
+        return self._verdict_late(rec, min(p.latency_ms for p in preds.values()), now)

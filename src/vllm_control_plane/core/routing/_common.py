@@ -30,13 +30,10 @@ from vllm_control_plane.types import ExecutionInstance
 
 @functools.lru_cache(maxsize=256)
 def _speed_class(gpu_type: str | None, gpu_memory_gb: float) -> float:
+    """HBM bandwidth relative to an A100-80G's. Cached: it runs per candidate per decision, and
+    GPU profiles are registered at start-up, before any routing."""
     probe = ExecutionInstance("probe", gpu_type=gpu_type, gpu_memory_gb=gpu_memory_gb)
     return resolve_gpu(probe).mem_bw / get_gpu("A100-80G").mem_bw
-
-
-def gpu_speed_class(inst: ExecutionInstance) -> float:
-    """Relative decode speed of one of the instance's GPUs (A100-80G = 1.0)."""
-    return _speed_class(inst.gpu_type, inst.gpu_memory_gb)
 
 
 def capacity(inst: ExecutionInstance) -> float:

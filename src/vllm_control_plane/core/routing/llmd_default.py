@@ -17,7 +17,7 @@ Scores reported: the weighted sum divided by the total weight (7), so in [0, 1].
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from vllm_control_plane.core.interfaces import (
     RouteChoice,
@@ -49,15 +49,23 @@ class LlmdDefault(RoutingStrategy):
         self._blocks = LastBlocks(_blocks)
 
     def _prefix_scores(self, blocks: tuple[int, ...], ids: list[str]) -> dict[str, float]:
-        gained = dict.fromkeys(ids, 0)
+        gained: dict[str, int] = {}
+        run_holders: Collection[str] = ()
+        run = 0
         for h in blocks:
             holders = self.index.holders(h)
             if not holders:
                 break
-            for iid in holders:
-                if iid in gained:
-                    gained[iid] += 1
-        return {iid: (g / len(blocks) if blocks else 0.0) for iid, g in gained.items()}
+            if holders == run_holders:  # a shared prefix: the same holders block after block
+                run += 1
+                continue
+            for iid in run_holders:
+                gained[iid] = gained.get(iid, 0) + run
+            run_holders, run = holders, 1
+        for iid in run_holders:
+            gained[iid] = gained.get(iid, 0) + run
+        total = len(blocks)
+        return {iid: (gained.get(iid, 0) / total if total else 0.0) for iid in ids}
 
     def select(self, req: RouteRequest, candidates: Sequence[ExecutionInstance]) -> RouteChoice:
         ids = [c.instance_id for c in candidates]

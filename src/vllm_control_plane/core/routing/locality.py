@@ -9,9 +9,9 @@ text but no hashes, chained 64-character chunks — 16 tokens at ~4 characters e
    is *overloaded*: its in-flight count would exceed ``max((1 + ε) × fair, fair + slack)``,
    ``fair = (fleet in-flight + 1) × capacity share`` (bounded load; ε = 0.5: prefix reuse is
    worth some imbalance; slack = 8 requests × capacity / mean capacity, so a nearly idle fleet
-   does not scatter a prefix — the same absolute margin as AIBrix's prefix-cache router, whose
-   imbalance threshold is 8 running requests). Then the next-best match that is not
-   overloaded, down to no match at all.
+   does not scatter a prefix — our choice, of the order of the absolute margin AIBrix's
+   prefix-cache router tolerates: 16 running requests by default). Then the next-best match
+   that is not overloaded, down to no match at all.
 3. No usable match: the least loaded candidate (drain time, as ``load_balanced`` without an
    estimator). Its blocks are indexed on dispatch, so a hot shared prefix spreads to a second
    instance only when the first is over the bound, and later requests split among the holders.
