@@ -4,17 +4,19 @@ How it works: one real server is started from the separate vLLM venv (scripts/se
 on the seeded tiny model, with max_num_seqs=32. Every prompt is a fresh random list of token ids of
 the exact length wanted, so no request hits the prefix cache. Two measurements:
 
-- TTFT: one streamed completion at a time (max_tokens=1); client time from sending to the first
-  frame, and the server's own ``vllm:time_to_first_token_seconds`` mean over the same requests.
-- Decode step time: B concurrent streamed completions with C-token prompts (``ignore_eos``, fixed
-  output length, ``return_token_ids`` so merged frames still count every token). The step time is
-  measured in the window where all B requests are decoding (after the last first token, before the
-  first finish): window length / tokens each request got in it, median over requests. The server's
-  ``vllm:inter_token_latency_seconds`` mean is reported beside it (it also counts the steps slowed
-  by the others' prefill).
+- TTFT: one streamed completion at a time (max_tokens=1): the client's time to the first frame,
+  and the server's own means over the same requests: ``vllm:time_to_first_token_seconds`` (arrival
+  to first token) and ``vllm:request_prefill_time_seconds`` (scheduled to first token).
+- Decode: B fresh C-token prompts sent as ONE request (``prompt`` is a list of B token-id lists,
+  ``ignore_eos``, fixed output length), so all B reach the engine together: as separate HTTP
+  requests they trickle in, since on 2 cores the API server gets little CPU while the engine
+  runs. Per trial, the server's TPOT (``vllm:request_decode_time_seconds``: engine timestamps,
+  last token minus first, per request) and ITL, and the engine steps the trial took (a check that
+  the B requests really ran as one batch). Trials run round-robin over the cases, so a burst of
+  other load on the machine hits all of them.
 
 Usage:
-    python benchmarks/vllm_cpu_profile.py [--repeats 5] [--out PATH.json]
+    python benchmarks/vllm_cpu_profile.py [--repeats 9] [--decode-repeats 5] [--out PATH.json]
 """
 
 from __future__ import annotations
@@ -66,9 +68,6 @@ class StreamTrace:
     def last(self) -> float:
         return self.arrivals[-1][0]
 
-    def tokens_between(self, start: float, end: float) -> int:
-        return sum(n for t, n in self.arrivals if start < t <= end)
-
 
 def random_prompt(rng: random.Random, length: int, vocab: int) -> list[int]:
     return [rng.randrange(FIRST_ORDINARY_TOKEN, vocab) for _ in range(length)]
@@ -110,6 +109,7 @@ async def scrape(session: aiohttp.ClientSession, base_url: str) -> dict[str, flo
 
 
 def histogram_mean_ms(before: dict[str, float], after: dict[str, float], name: str) -> float:
+    """Mean of a histogram's observations between two scrapes, in ms."""
     count = after[f"{name}_count"] - before[f"{name}_count"]
     total = after[f"{name}_sum"] - before[f"{name}_sum"]
     return 1000.0 * total / count if count else float("nan")
@@ -158,76 +158,93 @@ async def measure_ttft(
     return rows
 
 
-def steady_step_times(traces: list[StreamTrace]) -> list[float]:
-    """Per request: seconds per token while every request of the batch was decoding."""
-    start = max(t.first for t in traces)
-    end = min(t.last for t in traces)
-    if end <= start:
-        return []
-    steps = []
-    for trace in traces:
-        tokens = trace.tokens_between(start, end)
-        if tokens:
-            steps.append((end - start) / tokens)
-    return steps
-
-
 @dataclass(frozen=True)
 class DecodeCase:
     batch: int
     context: int
     output_tokens: int
-    repeats: int
+
+
+@dataclass
+class DecodeTally:
+    """The trials of one case, from the server's counters before and after each trial."""
+
+    case: DecodeCase
+    server_tpot_s: list[float] = field(default_factory=list)  # one mean per trial
+    server_itl_s: list[float] = field(default_factory=list)
+    engine_steps: list[float] = field(default_factory=list)
+    client_wall_s: list[float] = field(default_factory=list)
+
+    def add(self, before: dict[str, float], after: dict[str, float], wall_s: float) -> None:
+        def delta(name: str) -> float:
+            return after[name] - before[name]
+
+        case = self.case
+        decode_s = delta("vllm:request_decode_time_seconds_sum")
+        self.server_tpot_s.append(decode_s / (case.batch * (case.output_tokens - 1)))
+        itl_count = delta("vllm:inter_token_latency_seconds_count")
+        self.server_itl_s.append(delta("vllm:inter_token_latency_seconds_sum") / itl_count)
+        self.engine_steps.append(delta("vllm:iteration_tokens_total_count"))
+        self.client_wall_s.append(wall_s)
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "batch": self.case.batch,
+            "context_tokens": self.case.context,
+            "output_tokens": self.case.output_tokens,
+            "server_tpot_ms": summary_ms(self.server_tpot_s),
+            "server_itl_ms": summary_ms(self.server_itl_s),
+            "engine_steps_per_trial": statistics.median(self.engine_steps),
+            "client_wall_ms": summary_ms(self.client_wall_s),
+        }
+
+
+async def decode_trial(
+    session: aiohttp.ClientSession,
+    server: VllmServer,
+    rng: random.Random,
+    tally: DecodeTally,
+    vocab: int,
+) -> None:
+    case = tally.case
+    body = {
+        "model": SERVED_MODEL_NAME,
+        "prompt": [random_prompt(rng, case.context, vocab) for _ in range(case.batch)],
+        "max_tokens": case.output_tokens,
+        "ignore_eos": True,
+        "temperature": 0.0,
+    }
+    before = await scrape(session, server.base_url)
+    started = time.perf_counter()
+    async with session.post(f"{server.base_url}/v1/completions", json=body) as resp:
+        resp.raise_for_status()
+        usage = (await resp.json())["usage"]
+    wall_s = time.perf_counter() - started
+    assert usage["completion_tokens"] == case.batch * case.output_tokens, usage
+    tally.add(before, await scrape(session, server.base_url), wall_s)
 
 
 async def measure_decode(
     session: aiohttp.ClientSession,
     server: VllmServer,
     rng: random.Random,
-    case: DecodeCase,
+    cases: list[DecodeCase],
+    repeats: int,
     vocab: int,
-) -> dict[str, Any]:
-    url = f"{server.base_url}/v1/completions"
-    before = await scrape(session, server.base_url)
-    steps: list[float] = []
-    tpots: list[float] = []
-    for _ in range(case.repeats):
-        prompts = [random_prompt(rng, case.context, vocab) for _ in range(case.batch)]
-        traces = await asyncio.gather(
-            *(stream_completion(session, url, p, case.output_tokens) for p in prompts)
+) -> list[dict[str, Any]]:
+    """Round-robin over the cases, so a burst of other load on the machine hits them all."""
+    tallies = [DecodeTally(case) for case in cases]
+    for _ in range(repeats):
+        for tally in tallies:
+            await decode_trial(session, server, rng, tally, vocab)
+    rows = [tally.row() for tally in tallies]
+    for row in rows:
+        print(
+            f"decode batch={row['batch']:2d} ctx={row['context_tokens']:4d}"
+            f"  tpot {row['server_tpot_ms']['median']:6.2f} ms"
+            f"  steps/trial {row['engine_steps_per_trial']:.0f}"
         )
-        steps += steady_step_times(traces)
-        tpots += [(t.last - t.first) / (case.output_tokens - 1) for t in traces]
-    after = await scrape(session, server.base_url)
-    row = decode_row(case, before, after)
-    row["client_steady_step_ms"] = summary_ms(steps) if steps else None
-    row["client_tpot_ms"] = summary_ms(tpots)
-    print(
-        f"decode batch={case.batch:2d} ctx={case.context:4d}"
-        f"  tpot {row['server_tpot_ms_mean']:6.2f} ms  itl {row['server_itl_ms_mean']:6.2f} ms"
-        f"  steps/run {row['engine_steps_per_run']:.0f}"
-    )
-    return row
-
-
-def decode_row(case: DecodeCase, before: dict[str, float], after: dict[str, float]) -> dict:
-    """Server-side figures: engine timestamps, unaffected by a slow API server."""
-
-    def delta(name: str) -> float:
-        return after[name] - before[name]
-
-    decode_s = delta("vllm:request_decode_time_seconds_sum")
-    return {
-        "batch": case.batch,
-        "context_tokens": case.context,
-        "output_tokens": case.output_tokens,
-        # request_decode_time = last token - first token, engine side, per request.
-        "server_tpot_ms_mean": 1000.0
-        * decode_s
-        / (case.batch * case.repeats * (case.output_tokens - 1)),
-        "server_itl_ms_mean": histogram_mean_ms(before, after, "vllm:inter_token_latency_seconds"),
-        "engine_steps_per_run": delta("vllm:iteration_tokens_total_count") / case.repeats,
-    }
+    return rows
 
 
 def group_pss_mib(server: VllmServer) -> float:
@@ -271,12 +288,8 @@ async def run_measurements(server: VllmServer, args: argparse.Namespace) -> dict
         for _ in range(3):  # warm-up: first requests pay for lazy initialisation
             await stream_completion(session, url, random_prompt(rng, 256, vocab), 8)
         ttft = await measure_ttft(session, server, rng, args.prompt_lens, args.repeats, vocab)
-        cases = [
-            DecodeCase(b, c, args.output_tokens, args.decode_repeats)
-            for c in args.contexts
-            for b in args.batches
-        ]
-        decode = [await measure_decode(session, server, rng, case, vocab) for case in cases]
+        cases = [DecodeCase(b, c, args.output_tokens) for c in args.contexts for b in args.batches]
+        decode = await measure_decode(session, server, rng, cases, args.decode_repeats, vocab)
     return {"ttft": ttft, "decode": decode}
 
 
@@ -296,9 +309,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompt-lens", type=_ints, default=[16, 128, 512, 900])
     p.add_argument("--batches", type=_ints, default=[1, 4, 8, 16, 32])
     p.add_argument("--contexts", type=_ints, default=[32, 768])
-    p.add_argument("--output-tokens", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=5, help="TTFT samples per prompt length")
-    p.add_argument("--decode-repeats", type=int, default=3, help="runs per (batch, context)")
+    p.add_argument("--output-tokens", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=9, help="TTFT samples per prompt length")
+    p.add_argument("--decode-repeats", type=int, default=5, help="trials per (batch, context)")
     p.add_argument("--seed", type=int, default=7)
     return p.parse_args(argv)
 
@@ -318,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
             pss = group_pss_mib(server)
     report = {
         "meta": {
-            "command": "python benchmarks/vllm_cpu_profile.py " + " ".join(argv or sys.argv[1:]),
+            "command": " ".join(["python benchmarks/vllm_cpu_profile.py", *(argv or sys.argv[1:])]),
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "machine": machine_info(),
             "server_flags": _flags_without_model_and_port(config),

@@ -148,7 +148,8 @@ class SimService:
 
     @property
     def num_active(self) -> int:
-        """Generation requests being served (including hung ones)."""
+        """Generation requests in the engine or being answered (hung ones are not: see
+        ``num_hanging``)."""
         return len(self._active)
 
     # ------------------------------------------------------------ simple endpoints
