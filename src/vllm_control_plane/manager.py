@@ -106,6 +106,7 @@ class ControlPlaneManager:
         self._loops: list[asyncio.Task[None]] = []
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._wake: asyncio.Event | None = None
+        self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -123,6 +124,7 @@ class ControlPlaneManager:
             return
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
+        self._stopping = False
         await self.backend.start()
         self._loops.append(asyncio.create_task(self._dispatch_loop(), name="vcp-dispatch"))
         if self.enable_monitoring:
@@ -136,6 +138,8 @@ class ControlPlaneManager:
             running = [h.task for h in self._handles.values() if h.task and not h.task.done()]
             if running:
                 await asyncio.wait(running, timeout=drain_timeout_s)
+        self._stopping = True
+        self._monitor.stop()
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
@@ -215,11 +219,9 @@ class ControlPlaneManager:
     # ------------------------------------------------------------------ requests
     async def submit_request(self, request: RequestMetadata) -> str:
         """Admit (or reject) a request and return its id at once; the result comes later."""
-        if request.request_id in self._handles or self.core.knows(request.request_id):
-            raise ValueError(f"duplicate request_id {request.request_id!r}")
         prepared = prepare_prompt(request)
         handle = RequestHandle(request.request_id)
-        record = self.core.submit(
+        record = self.core.submit(  # a live duplicate request_id raises ValueError here
             request,
             self._now(),
             prompt_tokens=prepared.prompt_tokens,
@@ -241,7 +243,7 @@ class ControlPlaneManager:
         """Cancel a queued or running request (running: aborted on its engine).
         Returns False when it had already ended."""
         outcome = self.core.cancel(request_id, self._now())
-        if not outcome.cancelled:
+        if not outcome.changed:
             return False
         task = self._task_of(request_id)
         if task is not None and not task.done():
@@ -311,7 +313,7 @@ class ControlPlaneManager:
 
     async def _dispatch_loop(self) -> None:
         assert self._wake is not None
-        while True:
+        while not self._stopping:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), TICK_S)
             self._wake.clear()
@@ -329,7 +331,8 @@ class ControlPlaneManager:
         rid = dispatch.request_id
         instance = self.core.instance(dispatch.instance_id)
         request = self.core.record(rid).request
-        self.core.on_started(rid, self._now())
+        if not self.core.on_started(rid, self._now()):
+            return  # cancelled between the decision and the start
         events = self.backend.generate(instance, request)
         got_token = ended = False
         try:
@@ -407,6 +410,9 @@ class ControlPlaneManager:
 
     def _result(self, request_id: str, handle: RequestHandle | None) -> RequestResult:
         rec = self.core.record(request_id)
+        queue_ms = None
+        if rec.scheduled_at is not None:
+            queue_ms = (rec.scheduled_at - rec.submitted_at) * 1000.0
         return RequestResult(
             request_id=request_id,
             status=rec.status,
@@ -416,12 +422,12 @@ class ControlPlaneManager:
             prompt_tokens=rec.prompt_tokens,
             completion_tokens=rec.completion_tokens,
             cached_tokens=rec.cached_tokens,
-            queue_time_ms=rec.queue_time_ms,
+            queue_time_ms=queue_ms,
             ttft_ms=rec.ttft_ms,
             tpot_ms=rec.tpot_ms,
-            latency_ms=rec.latency_ms,
+            latency_ms=rec.e2e_ms,
             cost_usd=rec.cost_usd,
             retries=rec.retries,
             error=rec.reason if rec.status is not RequestStatus.COMPLETED else None,
-            slo_met=rec.slo_met,
+            slo_met=rec.met_slo(),
         )

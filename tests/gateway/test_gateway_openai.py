@@ -9,11 +9,10 @@ import openai
 import pytest
 from aiohttp import web
 from openai import AsyncOpenAI, OpenAI
+from tests.gateway.conftest import ADMIN, CHAT, eventually, sim
 
 from vllm_control_plane.sim.launcher import SimServer
 from vllm_control_plane.sim.types import EngineSpec
-
-from tests.gateway.conftest import ADMIN, CHAT, eventually, sim
 
 
 def _sync_client(url: str) -> OpenAI:
@@ -162,7 +161,7 @@ async def test_models_lists_every_model_of_the_fleet(start_gateway) -> None:
 async def _post(http: aiohttp.ClientSession, url: str, body: object, **kw: object):
     kwargs = {"json": body} if not isinstance(body, bytes) else {"data": body}
     async with http.post(url, **kwargs, **kw) as resp:  # type: ignore[arg-type]
-        return resp.status, dict(resp.headers), await resp.json(content_type=None)
+        return resp.status, resp.headers.copy(), await resp.json(content_type=None)
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from vllm_control_plane.backends.base import TokenChunk
+from vllm_control_plane.core.lifecycle import RequestRecord
 from vllm_control_plane.gateway.errors import (
     GatewayError,
     deadline_passed,
@@ -61,6 +62,29 @@ def _rejection(reason: str, retry_after_s: int) -> GatewayError:
     if "no instance serves model" in low:
         return GatewayError(404, reason, "model_not_found", "model")
     return no_instance(f"Request refused: {reason}.", retry_after_s)
+
+
+def result_from_record(rec: RequestRecord, text: str) -> RequestResult:
+    """A :class:`RequestResult` built from the core's record (for handles the gateway finishes)."""
+    queue_ms = None if rec.scheduled_at is None else (rec.scheduled_at - rec.submitted_at) * 1e3
+    return RequestResult(
+        request_id=rec.request_id,
+        status=rec.status,
+        text=text,
+        instance_id=rec.instance_id,
+        finish_reason=rec.finish_reason,
+        prompt_tokens=rec.prompt_tokens,
+        completion_tokens=rec.completion_tokens,
+        cached_tokens=rec.cached_tokens,
+        queue_time_ms=queue_ms,
+        ttft_ms=rec.ttft_ms,
+        tpot_ms=rec.tpot_ms,
+        latency_ms=rec.e2e_ms,
+        cost_usd=rec.cost_usd,
+        retries=rec.retries,
+        error=None if rec.status is RequestStatus.COMPLETED else rec.reason,
+        slo_met=rec.met_slo(),
+    )
 
 
 def completion_body(

@@ -30,8 +30,10 @@ from vllm_control_plane.gateway.auth import Authenticator
 from vllm_control_plane.gateway.errors import GatewayError, model_not_found, no_instance
 from vllm_control_plane.gateway.fleet import EmbeddedFleet
 from vllm_control_plane.gateway.metrics import GatewayMetrics
+from vllm_control_plane.gateway.outcomes import result_from_record
 from vllm_control_plane.gateway.passthrough import CapturingBackend
 from vllm_control_plane.manager import ControlPlaneManager
+from vllm_control_plane.runtime.handles import RequestHandle
 from vllm_control_plane.types import ExecutionInstance
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,8 @@ class Gateway:
         self.started_at = time.time()
         self._models: dict[str, str] = {}
         self._in_flight = 0
+        self._live: dict[str, RequestHandle] = {}
+        self._shed_seen = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self._side_tasks: set[asyncio.Task[None]] = set()
@@ -86,21 +90,51 @@ class Gateway:
             except asyncio.TimeoutError:
                 log.warning("%d request(s) still running after %gs: cancelling", self._in_flight,
                             grace_s)  # fmt: skip
-        await self.cp.stop()
+        await self._stop_manager()
         for task in list(self._side_tasks):
             task.cancel()
         await asyncio.gather(*self._side_tasks, return_exceptions=True)
         await self.fleet.close()
+
+    async def _stop_manager(self) -> None:
+        # Python 3.11's asyncio.wait_for can swallow a cancellation that races with its inner
+        # future completing; the manager's dispatch loop waits that way, so one cancel may be
+        # lost and stop() would hang. Re-cancel the manager's loops until stop() returns.
+        # TODO(lead): drop once the manager's loop no longer depends on a single cancel.
+        stopping = asyncio.ensure_future(self.cp.stop())
+        while not stopping.done():
+            await asyncio.wait([stopping], timeout=0.2)
+            for task in getattr(self.cp, "_loops", ()):
+                task.cancel()
+        await stopping
 
     def begin(self) -> None:
         """A client request entered the control plane (graceful shutdown waits for it)."""
         self._in_flight += 1
         self._idle.clear()
 
-    def end(self) -> None:
+    def end(self, request_id: str | None = None) -> None:
         self._in_flight -= 1
+        if request_id is not None:
+            self._live.pop(request_id, None)
         if self._in_flight == 0:
             self._idle.set()
+
+    def submitted(self, handle: RequestHandle) -> None:
+        """Track the handle of a request the gateway submitted."""
+        self._live[handle.request_id] = handle
+        shed = self.cp.core.counters().shed
+        if shed != self._shed_seen:
+            self._shed_seen = shed
+            self._finish_shed()
+
+    def _finish_shed(self) -> None:
+        # The core may shed a queued request to admit a more urgent one; the manager does not
+        # finish the victim's handle yet, so its client would wait forever. Finish it here from
+        # the core's record. TODO(lead): remove once submit_request finishes shed requests.
+        for rid, handle in list(self._live.items()):
+            if not handle.result.done() and self.cp.core.status(rid).is_terminal:
+                handle.finish(result_from_record(self.cp.core.record(rid), handle.text))
 
     @property
     def in_flight(self) -> int:

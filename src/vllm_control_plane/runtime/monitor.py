@@ -73,11 +73,19 @@ class FleetMonitor:
         self._on_health = on_health
         self._on_load = on_load
         self.tracker = HealthTracker(self.config.unhealthy_threshold, self.config.healthy_threshold)
+        self.stopped = False
+
+    def stop(self) -> None:
+        """Make ``run`` return at its next step. Needed besides task cancellation because an
+        HTTP client timeout racing a cancel can turn the CancelledError into a TimeoutError,
+        which the checks treat as a failed probe."""
+        self.stopped = True
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         next_health = loop.time()
-        while True:
+        self.stopped = False
+        while not self.stopped:
             now = loop.time()
             if now >= next_health:
                 next_health = now + self.config.health_interval

@@ -1,0 +1,365 @@
+#!/usr/bin/env python3
+"""Router overhead, side by side in one run: direct vs nginx vs vllm-router vs ``vcp serve``.
+
+Two zero-delay OpenAI-compatible backends (``gateway_backend.py``) stand in for engines; each
+router balances over both. For every router the script measures:
+
+* CPU per request: ``wrk`` at 64 connections sends non-streamed chat requests; the router's
+  CPU time (utime + stime of all its processes from ``/proc/<pid>/stat``) divided by the
+  requests served;
+* added latency at concurrency 1: ``wrk -c1 --latency`` p50 / p99 minus the direct path's;
+* streaming TTFT at 64 concurrent streams: an asyncio client keeps 64 streams open against
+  backends that pace 16 frames ``--itl-ms`` apart and times the first SSE frame.
+
+``vcp serve`` runs with its scheduling policy and routing strategy in the path (the defaults,
+``adaptive`` + ``load_balanced``), health checks and load scraping on. Figures vary with the
+machine; the ratios between routers measured in the same run are what to compare.
+
+    bash benchmarks/gateway_overhead.sh            # installs nginx, wrk, vllm-router; runs all
+    python benchmarks/gateway_overhead.py --duration 10 --write-docs
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import orjson
+
+HERE = Path(__file__).resolve().parent
+DOCS = HERE.parent / "docs" / "benchmarks.md"
+SECTION = "## Gateway overhead"
+VLLM_ROUTER = Path.home() / ".cache" / "vcp-bench" / "vllm-router-venv" / "bin" / "vllm-router"
+BODY = {"model": "bench-model", "messages": [{"role": "user", "content": "hello there"}],
+        "max_tokens": 16}  # fmt: skip
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
+
+
+def cpu_ticks(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total
+
+
+# ---------------------------------------------------------------- processes
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    port: int
+    extra_pids: list[int] = field(default_factory=list)
+
+    def pids(self) -> list[int]:
+        children = Path(f"/proc/{self.popen.pid}/task/{self.popen.pid}/children")
+        kids = [int(p) for p in children.read_text().split()] if children.exists() else []
+        return [self.popen.pid, *kids, *self.extra_pids]
+
+    def stop(self) -> None:
+        self.popen.terminate()
+        try:
+            self.popen.wait(15)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+
+
+def spawn(name: str, cmd: list[str], port: int, log: Path) -> Proc:
+    out = log.open("wb")
+    popen = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_port(port)
+    except RuntimeError:
+        popen.kill()
+        raise RuntimeError(f"{name} did not start; see {log}") from None
+    return Proc(name, popen, port)
+
+
+def start_backends(tmp: Path, itl_ms: float) -> list[Proc]:
+    procs = []
+    for i in range(2):
+        port = free_port()
+        cmd = [sys.executable, str(HERE / "gateway_backend.py"), "--port", str(port),
+               "--itl-ms", str(itl_ms)]  # fmt: skip
+        procs.append(spawn(f"backend{i}", cmd, port, tmp / f"backend{i}-{itl_ms}.log"))
+    return procs
+
+
+def start_router(kind: str, backends: list[Proc], tmp: Path) -> Proc | None:
+    urls = [f"http://127.0.0.1:{b.port}" for b in backends]
+    port = free_port()
+    log = tmp / f"{kind}-{port}.log"
+    if kind == "direct":
+        return None
+    if kind == "nginx":
+        conf = tmp / f"nginx-{port}.conf"
+        conf.write_text(_nginx_conf(tmp, port, [b.port for b in backends]))
+        return spawn(kind, ["nginx", "-p", str(tmp), "-c", str(conf), "-g", "daemon off;"],
+                     port, log)  # fmt: skip
+    if kind == "vllm-router":
+        cmd = [str(VLLM_ROUTER), "--host", "127.0.0.1", "--port", str(port), "--worker-urls",
+               *urls, "--policy", "round_robin", "--log-level", "warning"]  # fmt: skip
+        return spawn(kind, cmd, port, log)
+    if kind == "vcp":
+        cfg = tmp / f"cluster-{port}.yaml"
+        cfg.write_text(_vcp_config(urls))
+        cmd = [sys.executable, "-m", "vllm_control_plane.cli", "serve", "--config", str(cfg),
+               "--port", str(port)]  # fmt: skip
+        return spawn(kind, cmd, port, log)
+    raise ValueError(f"unknown router {kind!r}")
+
+
+def _nginx_conf(tmp: Path, port: int, backends: list[int]) -> str:
+    servers = "".join(f"server 127.0.0.1:{p};" for p in backends)
+    temp = " ".join(f"{k}_temp_path {tmp}/{k};" for k in
+                    ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))  # fmt: skip
+    return (
+        f"worker_processes 1; pid {tmp}/nginx-{port}.pid; error_log {tmp}/nginx-error.log;\n"
+        "events { worker_connections 4096; }\n"
+        f"http {{ access_log off; {temp}\n"
+        f"  upstream backends {{ {servers} keepalive 128; }}\n"
+        f"  server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://backends;\n"
+        '    proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; } }\n'
+        "}\n"
+    )
+
+
+def _vcp_config(urls: list[str]) -> str:
+    lines = ["instances:"]
+    for i, url in enumerate(urls):
+        lines.append(f"  - {{instance_id: b{i}, url: '{url}', model_name: bench-model, "
+                     "gpu_type: H100, max_concurrent_requests: 1000}")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- measurements
+
+
+def _lua(tmp: Path) -> Path:
+    script = tmp / "post.lua"
+    body = orjson.dumps(BODY).decode()
+    script.write_text(
+        f"wrk.method = 'POST'\nwrk.body = '{body}'\n"
+        "wrk.headers['Content-Type'] = 'application/json'\n"
+    )
+    return script
+
+
+def wrk(url: str, lua: Path, conns: int, seconds: float, latency: bool = False) -> str:
+    threads = 1 if conns == 1 else 2
+    cmd = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds:g}s", "-s", str(lua)]
+    if latency:
+        cmd.append("--latency")
+    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
+    if "Non-2xx" in out:
+        raise RuntimeError(f"errors from {url}:\n{out}")
+    return out
+
+
+def _requests(out: str) -> int:
+    return int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+
+
+def _percentile_ms(out: str, pct: str) -> float:
+    value, unit = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+def measure_cpu(url: str, proc: Proc | None, lua: Path, seconds: float) -> tuple[float, float]:
+    """(CPU µs per request of the router, requests/s) at 64 connections."""
+    wrk(url, lua, 64, 2)  # warm up: connection pools, JIT-free caches, first allocations
+    pids = proc.pids() if proc else []
+    before = cpu_ticks(pids)
+    out = wrk(url, lua, 64, seconds)
+    used_us = (cpu_ticks(pids) - before) / TICK * 1e6
+    n = _requests(out)
+    return (used_us / n if proc else 0.0), n / seconds
+
+
+def measure_latency(url: str, lua: Path, seconds: float) -> tuple[float, float]:
+    out = wrk(url, lua, 1, seconds, latency=True)
+    return _percentile_ms(out, "50"), _percentile_ms(out, "99")
+
+
+async def _stream_ttft(url: str, streams: int, seconds: float) -> list[float]:
+    body = orjson.dumps({**BODY, "stream": True})
+    ttfts: list[float] = []
+    stop_at = time.perf_counter() + seconds
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def worker() -> None:
+            while time.perf_counter() < stop_at:
+                t0 = time.perf_counter()
+                headers = {"Content-Type": "application/json"}
+                async with session.post(url, data=body, headers=headers) as r:
+                    first = True
+                    async for line in r.content:
+                        if first and line.startswith(b"data:"):
+                            ttfts.append((time.perf_counter() - t0) * 1e3)
+                            first = False
+
+        await asyncio.gather(*(worker() for _ in range(streams)))
+    return ttfts
+
+
+def measure_ttft(url: str, streams: int, seconds: float) -> tuple[float, float, int]:
+    ttfts = sorted(asyncio.run(_stream_ttft(url, streams, seconds)))
+    p99 = ttfts[min(len(ttfts) - 1, int(0.99 * len(ttfts)))]
+    return statistics.median(ttfts), p99, len(ttfts)
+
+
+# ---------------------------------------------------------------- orchestration
+
+
+@dataclass
+class Row:
+    router: str
+    cpu_us: float = 0.0
+    rps: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    ttft_p50_ms: float = 0.0
+    ttft_p99_ms: float = 0.0
+    streams: int = 0
+
+
+@contextlib.contextmanager
+def running(procs: list[Proc]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.stop()
+
+
+def run(routers: list[str], args: argparse.Namespace) -> list[Row]:
+    rows = {r: Row(r) for r in routers}
+    with tempfile.TemporaryDirectory(prefix="vcp-overhead-") as d:
+        tmp = Path(d)
+        lua = _lua(tmp)
+        for itl, phase in ((0.0, "unary"), (args.itl_ms, "stream")):
+            backends = start_backends(tmp, itl)
+            with running(backends):
+                for kind in routers:
+                    proc = start_router(kind, backends, tmp)
+                    port = proc.port if proc else backends[0].port
+                    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+                    with running([proc] if proc else []):
+                        _measure(rows[kind], phase, url, proc, lua, args)
+                    print(f"  {kind:12s} {phase} done", file=sys.stderr)
+    return list(rows.values())
+
+
+def _measure(row: Row, phase: str, url: str, proc: Proc | None, lua: Path, args) -> None:  # type: ignore[no-untyped-def]
+    if phase == "unary":
+        row.cpu_us, row.rps = measure_cpu(url, proc, lua, args.duration)
+        row.p50_ms, row.p99_ms = measure_latency(url, lua, args.latency_duration)
+    else:
+        ttft = measure_ttft(url, args.streams, args.stream_duration)
+        row.ttft_p50_ms, row.ttft_p99_ms, row.streams = ttft
+
+
+def _ratio(value: float, reference: float) -> str:
+    return f"{value / reference:.2f}×" if value and reference else "–"
+
+
+def table(rows: list[Row]) -> str:
+    by = {r.router: r for r in rows}
+    direct, peer = by.get("direct"), by.get("vllm-router")
+    head = (
+        "| router | CPU µs/request (64 conns) | req/s | added p50 ms | added p99 ms "
+        "| TTFT p50 ms (64 streams) | TTFT p99 ms | CPU vs vllm-router "
+        "| TTFT p50 vs vllm-router |"
+    )
+    lines = [head, "|" + "---|" * 9]
+    for r in rows:
+        add50 = r.p50_ms - direct.p50_ms if direct else float("nan")
+        add99 = r.p99_ms - direct.p99_ms if direct else float("nan")
+        cpu_ratio = f"{r.cpu_us / peer.cpu_us:.2f}×" if peer and peer.cpu_us and r.cpu_us else "–"
+        ttft_ratio = (
+            f"{r.ttft_p50_ms / peer.ttft_p50_ms:.2f}×" if peer and peer.ttft_p50_ms else "–"
+        )
+        cpu = f"{r.cpu_us:.0f}" if r.router != "direct" else "–"
+        lines.append(
+            f"| {r.router} | {cpu} | {r.rps:.0f} | {add50:+.3f} | {add99:+.3f} "
+            f"| {r.ttft_p50_ms:.2f} | {r.ttft_p99_ms:.2f} | {cpu_ratio} | {ttft_ratio} |"
+        )
+    return "\n".join(lines)
+
+
+BEGIN, END = "<!-- gateway-overhead:begin -->", "<!-- gateway-overhead:end -->"
+
+
+def write_docs(text: str) -> None:
+    """Replace the measured table in docs/benchmarks.md (between the markers of our section)."""
+    doc = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
+    block = f"{BEGIN}\n{text.rstrip()}\n{END}"
+    if BEGIN in doc and END in doc:
+        doc = doc[: doc.index(BEGIN)] + block + doc[doc.index(END) + len(END) :]
+    else:
+        doc = doc.rstrip() + f"\n\n{SECTION}\n\n{block}\n"
+    DOCS.write_text(doc)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--routers", default="direct,nginx,vllm-router,vcp")
+    ap.add_argument("--duration", type=float, default=10.0, help="CPU phase seconds per router")
+    ap.add_argument("--latency-duration", type=float, default=5.0)
+    ap.add_argument("--streams", type=int, default=64)
+    ap.add_argument("--stream-duration", type=float, default=8.0)
+    ap.add_argument("--itl-ms", type=float, default=20.0, help="frame gap of streaming backends")
+    ap.add_argument("--write-docs", action="store_true",
+                    help="also put the table into docs/benchmarks.md")  # fmt: skip
+    args = ap.parse_args()
+    routers = [r for r in args.routers.split(",") if r]
+    missing = [t for t, need in (("wrk", True), ("nginx", "nginx" in routers)) if need
+               and not shutil.which(t)]  # fmt: skip
+    if "vllm-router" in routers and not VLLM_ROUTER.exists():
+        missing.append(str(VLLM_ROUTER))
+    if missing:
+        sys.exit(f"missing: {', '.join(missing)} (run benchmarks/gateway_overhead.sh)")
+    rows = run(routers, args)
+    text = table(rows)
+    print(text)
+    if args.write_docs:
+        cmd = "python benchmarks/gateway_overhead.py " + " ".join(sys.argv[1:])
+        stamp = time.strftime("%Y-%m-%d")
+        write_docs(f"Measured {stamp} on {os.cpu_count()} cores with `{cmd}`:\n\n{text}")
+
+
+if __name__ == "__main__":
+    main()
