@@ -122,9 +122,7 @@ async def test_metrics_and_status_are_computed_from_what_happened(cp: ControlPla
 async def test_cancel_running_request_frees_the_engine(
     cp: ControlPlaneManager, two_servers: tuple[SimServer, SimServer], wait_until
 ):
-    await cp.submit_request(
-        RequestMetadata(request_id="long", max_tokens=5000, ignore_eos=True)
-    )
+    await cp.submit_request(RequestMetadata(request_id="long", max_tokens=5000, ignore_eos=True))
     await wait_until(lambda: cp.core.status("long") is RequestStatus.RUNNING, what="running")
     engines = [s.engine for s in two_servers]
     await wait_until(lambda: sum(e.stats().num_requests_running for e in engines) == 1)
@@ -144,7 +142,9 @@ async def test_cancel_queued_request(two_servers: tuple[SimServer, SimServer]):
     cp.register_instance(_instance(a, "a", max_concurrent_requests=1))
     await cp.start()
     try:
-        await cp.submit_request(RequestMetadata(request_id="first", max_tokens=2000, ignore_eos=True))
+        await cp.submit_request(
+            RequestMetadata(request_id="first", max_tokens=2000, ignore_eos=True)
+        )
         await cp.submit_request(RequestMetadata(request_id="second", max_tokens=5))
         assert await cp.get_request_status("second") is RequestStatus.QUEUED
         assert await cp.cancel_request("second")
@@ -154,7 +154,9 @@ async def test_cancel_queued_request(two_servers: tuple[SimServer, SimServer]):
     # stop() cancelled the running one too: every request ended in one terminal state
     assert (await cp.get_result("first")).status is RequestStatus.CANCELLED
     c = cp.core.counters()
-    assert c.submitted == c.completed + c.failed + c.cancelled + c.rejected + c.timeout + c.in_flight
+    assert (
+        c.submitted == c.completed + c.failed + c.cancelled + c.rejected + c.timeout + c.in_flight
+    )
     assert c.in_flight == 0
 
 
@@ -170,9 +172,7 @@ async def test_bad_input_is_a_clear_error_or_rejection(cp: ControlPlaneManager):
     res = await cp.get_result("nomodel")
     assert res.status is RequestStatus.REJECTED and "gpt-17" in res.error
 
-    await cp.submit_request(
-        RequestMetadata(request_id="hint", parallelism_hint=ParallelismType.TP)
-    )
+    await cp.submit_request(RequestMetadata(request_id="hint", parallelism_hint=ParallelismType.TP))
     res = await cp.get_result("hint")
     assert res.status is RequestStatus.REJECTED and "tp" in res.error.lower()
 
@@ -211,15 +211,11 @@ async def test_live_switches_and_load_balancer(cp: ControlPlaneManager):
     assert (await cp.get_result("after", timeout=10)).ok
 
 
-async def test_instance_metrics_and_unregister_drains(
-    cp: ControlPlaneManager, wait_until
-):
+async def test_instance_metrics_and_unregister_drains(cp: ControlPlaneManager, wait_until):
     m = cp.get_instance_metrics("a")
     assert {"active_requests", "avg_latency_ms", "is_healthy", "current_load"} <= set(m)
     for i in range(4):
-        await cp.submit_request(
-            RequestMetadata(request_id=f"d{i}", max_tokens=40, ignore_eos=True)
-        )
+        await cp.submit_request(RequestMetadata(request_id=f"d{i}", max_tokens=40, ignore_eos=True))
     await wait_until(lambda: cp.get_instance_metrics("a")["active_requests"] > 0)
     cp.unregister_instance("a")
     results = [await cp.get_result(f"d{i}", timeout=10) for i in range(4)]

@@ -129,7 +129,7 @@ class _Watchdog:
 class _StreamState:
     """What one SSE stream has produced so far."""
 
-    __slots__ = ("completion_tokens", "finish_reason", "prompt_tokens", "cached", "usage_raw")
+    __slots__ = ("cached", "completion_tokens", "finish_reason", "prompt_tokens", "usage_raw")
 
     def __init__(self) -> None:
         self.completion_tokens = 0
@@ -189,7 +189,9 @@ class OpenAIHTTPBackend(Backend):
             connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
             timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeouts.connect)
             self._session = aiohttp.ClientSession(
-                connector=connector, timeout=timeout, json_serialize=lambda o: orjson.dumps(o).decode()
+                connector=connector,
+                timeout=timeout,
+                json_serialize=lambda o: orjson.dumps(o).decode(),
             )
 
     async def close(self) -> None:
@@ -264,7 +266,9 @@ class OpenAIHTTPBackend(Backend):
                 continue
             watchdog.feed()
             try:
-                event = _parse_frame(line if line.startswith(b"data: ") else b"data: " + line[5:], state)
+                event = _parse_frame(
+                    line if line.startswith(b"data: ") else b"data: " + line[5:], state
+                )
             except (orjson.JSONDecodeError, AttributeError, TypeError) as exc:
                 yield Failed(
                     f"malformed SSE frame from engine: {exc}",
