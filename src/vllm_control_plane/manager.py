@@ -5,13 +5,21 @@ loop's monotonic clock) and events, and carries out the core's decisions:
 
 * ``submit_request`` counts the prompt, asks the core to admit it and wakes the dispatcher;
 * the dispatch loop asks the core for ``next_dispatches(now)`` whenever something changed (a
-  submission, a finished request, a health or load change) and at a slow tick (aging, deadlines),
-  and starts one task per dispatch;
-* an execution task streams the request from the backend and reports first token, completion or
-  failure back to the core (which decides about retries);
-* the fleet monitor (``enable_monitoring``) keeps health and scraped load current.
+  submission, a finished request, a health or load change) and at a slow tick (aging, deadlines,
+  retry backoff), and starts one task per dispatch (:mod:`~vllm_control_plane.runtime.execution`);
+* failure detection takes instances out of rotation and back: active health checks (the fleet
+  monitor) and passive detection (a circuit breaker per instance fed by request outcomes, with
+  half-open probes); :class:`~vllm_control_plane.runtime.rotation.Rotation` keeps the reasons
+  apart;
+* retries before the first token go through the core (bounded, backoff with jitter, another
+  instance) and a fleet-wide retry budget;
+* hard deadlines: the core expires queued requests; a timer per attempt ends running ones
+  (TIMEOUT, aborted on the engine).
 
-Cancelling a request cancels its task; closing the backend stream aborts it on the engine.
+Every request the core ends — whoever ends it, including shed and orphaned requests — finishes
+its handle through ``core.on_terminal``, so no waiter is left behind. Cancelling a request
+cancels its task; closing the backend stream aborts it on the engine. Reliability semantics and
+the timeout table: docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -20,17 +28,23 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
-from vllm_control_plane.backends.base import Backend, Failed, Finished, LoadSample, TokenChunk
+from vllm_control_plane.backends.base import Backend, Failed, Finished, LoadSample
 from vllm_control_plane.backends.openai_http import OpenAIHTTPBackend
 from vllm_control_plane.core.core import ControlCore, CoreLimits, Dispatch
 from vllm_control_plane.core.estimator import RooflineEstimator
+from vllm_control_plane.core.lifecycle import RequestRecord
 from vllm_control_plane.core.load_balancer import LoadBalancer
+from vllm_control_plane.runtime.circuit import CircuitBreakers, CircuitConfig, blames_instance
+from vllm_control_plane.runtime.execution import Outcome, run_attempt
 from vllm_control_plane.runtime.handles import RequestHandle, RequestResult
 from vllm_control_plane.runtime.monitor import FleetMonitor, MonitorConfig
+from vllm_control_plane.runtime.probe import probe_instance
 from vllm_control_plane.runtime.prompts import prepare_prompt
+from vllm_control_plane.runtime.retry_budget import RetryBudget, RetryBudgetConfig
+from vllm_control_plane.runtime.rotation import Rotation
 from vllm_control_plane.types import (
     ExecutionInstance,
     PerformanceMetrics,
@@ -40,7 +54,7 @@ from vllm_control_plane.types import (
 
 log = logging.getLogger(__name__)
 
-TICK_S = 0.05  # dispatcher wake-up when nothing happens: aging and queue deadlines
+TICK_S = 0.05  # dispatcher wake-up when nothing happens: aging, deadlines, backoff, probes
 
 
 class RequestError(RuntimeError):
@@ -78,6 +92,8 @@ class ControlPlaneManager:
         backend: Backend | None = None,
         limits: CoreLimits | None = None,
         monitor_config: MonitorConfig | None = None,
+        circuit_config: CircuitConfig | None = None,
+        retry_budget: RetryBudgetConfig | None = None,
         drain_timeout_s: float = 30.0,
         result_history: int = 10_000,
         seed: int = 0,
@@ -89,11 +105,15 @@ class ControlPlaneManager:
             seed=seed,
             limits=limits or CoreLimits(),
         )
+        self.core.on_terminal = self._on_terminal
         self.router = _Router(self.core)
         self.load_balancer = LoadBalancer()
         self.backend: Backend = backend or OpenAIHTTPBackend()
         self.enable_monitoring = enable_monitoring
         self.drain_timeout_s = drain_timeout_s
+        self.breakers = CircuitBreakers(circuit_config)
+        self.retry_budget = RetryBudget(retry_budget)
+        self.rotation = Rotation()
         self._monitor = FleetMonitor(
             self.backend,
             self.get_instances,
@@ -104,7 +124,7 @@ class ControlPlaneManager:
         self._handles: OrderedDict[str, RequestHandle] = OrderedDict()
         self._history = result_history
         self._loops: list[asyncio.Task[None]] = []
-        self._side_tasks: set[asyncio.Task[None]] = set()
+        self._side_tasks: set[asyncio.Task[Any]] = set()
         self._wake: asyncio.Event | None = None
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -132,26 +152,26 @@ class ControlPlaneManager:
         self._kick()
 
     async def stop(self, drain_timeout_s: float = 0.0) -> None:
-        """Stop everything. In-flight requests get ``drain_timeout_s`` to finish, then are
-        cancelled (aborted on their engines); queued ones are cancelled. No task is left."""
+        """Stop everything. Live requests (queued ones keep being dispatched) get
+        ``drain_timeout_s`` to finish; the rest are cancelled (running ones aborted on their
+        engines). Afterwards no task, connection or engine request of ours is left."""
         if drain_timeout_s > 0:
-            running = [h.task for h in self._handles.values() if h.task and not h.task.done()]
-            if running:
-                await asyncio.wait(running, timeout=drain_timeout_s)
+            live = [h.result for h in self._handles.values() if not h.result.done()]
+            if live:
+                await asyncio.wait(live, timeout=drain_timeout_s)
         self._stopping = True
         self._monitor.stop()
-        for task in self._loops:
-            task.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        self._kick()
+        await _cancel_all(self._loops)
         self._loops.clear()
+        await _cancel_all(list(self._side_tasks))
         now = self._now()
         for rid, handle in list(self._handles.items()):
             if not self.core.status(rid).is_terminal:
                 self.core.cancel(rid, now, reason="control plane stopped")
             if handle.task is not None and not handle.task.done():
                 handle.task.cancel()
-        tasks = [h.task for h in self._handles.values() if h.task is not None]
-        await asyncio.gather(*tasks, *self._side_tasks, return_exceptions=True)
+        await _cancel_all([h.task for h in self._handles.values() if h.task is not None])
         for rid in list(self._handles):
             self._finish(rid)
         await self.backend.close()
@@ -160,20 +180,24 @@ class ControlPlaneManager:
     def register_instance(self, instance: ExecutionInstance) -> None:
         """Add an engine server to the fleet (duplicate id → ValueError)."""
         self.core.add_instance(instance)
+        self._forget_detectors(instance.instance_id)
         self._kick()
 
     def unregister_instance(self, instance_id: str) -> None:
         """Drain an instance: no new dispatches; running requests get ``drain_timeout_s`` to
         finish, then are cancelled on the engine (or retried elsewhere if no token was sent)."""
         running = self.core.drain_instance(instance_id)
-        self._monitor.tracker.forget(instance_id)
+        self._forget_detectors(instance_id)
         if not running or self._loop is None or not self.is_running:
             self._abort_on_instance(running, "instance unregistered")
             self.core.remove_instance(instance_id)
             return
-        task = asyncio.create_task(self._drain(instance_id, running))
-        self._side_tasks.add(task)
-        task.add_done_callback(self._side_tasks.discard)
+        self._spawn(self._drain(instance_id, running))
+
+    def _forget_detectors(self, instance_id: str) -> None:
+        self._monitor.tracker.forget(instance_id)
+        self.breakers.forget(instance_id)
+        self.rotation.forget(instance_id)
 
     async def _drain(self, instance_id: str, request_ids: list[str]) -> None:
         tasks = [t for rid in request_ids if (t := self._task_of(rid)) is not None]
@@ -192,7 +216,6 @@ class ControlPlaneManager:
             task = self._task_of(rid)
             if task is not None and not task.done():
                 task.cancel()
-            self._finish_if_terminal(rid)
 
     def get_instances(self) -> list[ExecutionInstance]:
         return self.core.instances()
@@ -214,20 +237,32 @@ class ControlPlaneManager:
             "kv_cache_usage": inst.kv_cache_usage,
             "total_requests": inst.total_requests,
             "failed_requests": inst.failed_requests,
+            "circuit": self.breakers.state(instance_id).value,
+            "out_of_rotation": self.rotation.reasons(instance_id),
         }
 
     # ------------------------------------------------------------------ requests
-    async def submit_request(self, request: RequestMetadata) -> str:
-        """Admit (or reject) a request and return its id at once; the result comes later."""
+    async def submit_request(
+        self, request: RequestMetadata, *, hard_deadline: bool | None = None
+    ) -> str:
+        """Admit (or reject) a request and return its id at once; the result comes later.
+
+        ``hard_deadline`` (default: ``limits.hard_deadlines``) makes ``slo_deadline_ms`` a hard
+        bound: the request ends TIMEOUT when it passes, queued or running."""
+        if self._stopping:
+            raise RuntimeError("the control plane is stopping; no new requests")
         prepared = prepare_prompt(request)
         handle = RequestHandle(request.request_id)
+        now = self._now()
         record = self.core.submit(  # a live duplicate request_id raises ValueError here
             request,
-            self._now(),
+            now,
             prompt_tokens=prepared.prompt_tokens,
             prompt_text=prepared.text,
             block_hashes=prepared.block_hashes,
+            hard_deadline=hard_deadline,
         )
+        self.retry_budget.on_request(now)
         self._remember(handle)
         if record.status.is_terminal:
             self._finish(request.request_id)
@@ -263,7 +298,8 @@ class ControlPlaneManager:
 
     async def stream(self, request: RequestMetadata | str) -> AsyncIterator[str]:
         """Yield generated text as it arrives. Submits ``request`` if it is new; raises
-        :class:`RequestError` if the request ends in any state but COMPLETED."""
+        :class:`RequestError` if the request ends in any state but COMPLETED (also after some
+        text was yielded: a stream that breaks is never silently truncated)."""
         if isinstance(request, RequestMetadata):
             if request.request_id not in self._handles:
                 await self.submit_request(request)
@@ -291,6 +327,12 @@ class ControlPlaneManager:
     def get_status(self) -> dict[str, Any]:
         status = self.core.summary(self._now_or_zero())
         status["started"] = self.is_running
+        status["retry_budget_refusals"] = self.retry_budget.refused
+        status["out_of_rotation"] = {
+            i.instance_id: self.rotation.reasons(i.instance_id)
+            for i in self.core.instances()
+            if not self.rotation.in_rotation(i.instance_id)
+        }
         return status
 
     def update_policy(self, policy_name: str) -> None:
@@ -298,7 +340,7 @@ class ControlPlaneManager:
         self.core.set_policy(policy_name)
         self._kick()
 
-    # ------------------------------------------------------------------ internals
+    # ------------------------------------------------------------------ dispatch
     def _now_or_zero(self) -> float:
         if self._loop is not None:
             return self._loop.time()
@@ -312,76 +354,151 @@ class ControlPlaneManager:
             self._wake.set()
 
     async def _dispatch_loop(self) -> None:
-        assert self._wake is not None
         while not self._stopping:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), TICK_S)
-            self._wake.clear()
-            now = self._now()
-            for rid in self.core.expire(now):
-                self._finish(rid)
-            for dispatch in self.core.next_dispatches(now):
-                handle = self._handles.get(dispatch.request_id)
-                if handle is None:  # evicted from history while queued: cannot happen, guard
-                    self.core.on_failed(dispatch.request_id, now, "lost handle", retryable=False)
-                    continue
-                handle.task = asyncio.create_task(self._execute(dispatch, handle))
+            await self._sleep_until_woken()
+            if self._stopping:
+                return
+            try:
+                self._dispatch_round(self._now())
+            except Exception:  # a bug in one round must not stop all dispatching
+                log.exception("dispatch round failed")
+                await asyncio.sleep(TICK_S)
+
+    async def _sleep_until_woken(self) -> None:
+        # A timer setting the event rather than wait_for(): cancelling this wait can never be
+        # swallowed by a timeout racing it (Python 3.11's wait_for can lose a cancel).
+        assert self._wake is not None and self._loop is not None
+        delay = TICK_S
+        due = self.core.next_wakeup()
+        if due is not None:
+            delay = min(delay, max(due - self._loop.time(), 0.0))
+        timer = self._loop.call_later(delay, self._wake.set)
+        try:
+            await self._wake.wait()
+        finally:
+            timer.cancel()
+        self._wake.clear()
+
+    def _dispatch_round(self, now: float) -> None:
+        self.core.expire(now)  # handles finish through on_terminal
+        for iid in self.breakers.due_probes(now):
+            self._spawn(self._probe(iid))
+        for dispatch in self.core.next_dispatches(now):
+            handle = self._handles.get(dispatch.request_id)
+            if handle is None:  # evicted from history while queued: cannot happen, guard
+                self.core.on_failed(dispatch.request_id, now, "lost handle", retryable=False)
+                continue
+            handle.task = asyncio.create_task(
+                self._execute(dispatch, handle), name=f"vcp-req-{dispatch.request_id}"
+            )
 
     async def _execute(self, dispatch: Dispatch, handle: RequestHandle) -> None:
-        rid = dispatch.request_id
-        instance = self.core.instance(dispatch.instance_id)
-        request = self.core.record(rid).request
-        if not self.core.on_started(rid, self._now()):
-            return  # cancelled between the decision and the start
-        events = self.backend.generate(instance, request)
-        got_token = ended = False
+        rid, iid = dispatch.request_id, dispatch.instance_id
+        outcome: Outcome = None
+        deadline: asyncio.TimerHandle | None = None
         try:
-            async for event in events:
-                now = self._now()
-                if isinstance(event, TokenChunk):
-                    if not got_token:
-                        got_token = True
-                        self.core.on_first_token(rid, now)
-                    handle.push(event)
-                elif isinstance(event, Finished):
-                    ended = True
-                    self.core.on_complete(
-                        rid,
-                        now,
-                        prompt_tokens=event.prompt_tokens,
-                        completion_tokens=event.completion_tokens,
-                        finish_reason=event.finish_reason,
-                        cached_tokens=event.cached_tokens,
-                    )
-                elif isinstance(event, Failed):
-                    ended = True
-                    retry = self.core.on_failed(
-                        rid, now, event.error, retryable=event.retryable and not got_token
-                    )
-                    if retry:
-                        handle.discard_partial()
-            if not ended:  # a backend that broke the protocol: end the request, visibly
-                self.core.on_failed(rid, self._now(), "backend stream ended", retryable=False)
+            instance = self.core.instance(iid)
+            if not self.core.on_started(rid, self._now()):
+                return  # cancelled between the decision and the start
+            deadline = self._arm_deadline(rid)
+            outcome = await run_attempt(
+                self.core, self.backend, instance, dispatch, handle, self._now, self.retry_budget
+            )
+        except KeyError:  # the instance was removed between the decision and the start
+            self._fail_if_live(rid, f"instance {iid} was removed before the request started",
+                               retryable=True)  # fmt: skip
+        except Exception as exc:  # a backend or bookkeeping bug: end the request, visibly
+            log.exception("request %s: attempt on %s crashed", rid, iid)
+            self._fail_if_live(rid, f"internal error: {type(exc).__name__}", retryable=False)
         finally:
-            # On cancellation whoever cancelled already set the terminal state; closing the
-            # stream here is what aborts the request on the engine.
-            await events.aclose()  # type: ignore[attr-defined]
-            self._finish_if_terminal(rid)
+            if deadline is not None:
+                deadline.cancel()
+            self._report_attempt(iid, outcome)
             self._kick()
 
-    def _on_health(self, instance_id: str, healthy: bool) -> None:
-        self.core.set_health(instance_id, healthy, self._now())
+    def _fail_if_live(self, rid: str, error: str, *, retryable: bool) -> None:
+        if self.core.is_live(rid) and self.core.status(rid) is not RequestStatus.QUEUED:
+            self.core.on_failed(rid, self._now(), error, retryable=retryable)
+
+    def _arm_deadline(self, rid: str) -> asyncio.TimerHandle | None:
+        """A hard deadline also bounds a running request: TIMEOUT and abort when it passes."""
+        rec = self.core.record(rid)
+        at = rec.deadline_at
+        if not rec.hard_deadline or at is None:
+            return None
+        assert self._loop is not None
+        return self._loop.call_at(at, self._deadline_passed, rid)
+
+    def _deadline_passed(self, rid: str) -> None:
+        result = self.core.on_timeout(rid, self._now(), reason="hard deadline passed while running")
+        task = self._task_of(rid)
+        if result.changed and task is not None and not task.done():
+            task.cancel()  # closing the stream aborts the engine request
         self._kick()
 
+    # ------------------------------------------------------------------ failure detection
+    def _report_attempt(self, instance_id: str, outcome: Outcome) -> None:
+        """Feed the instance's circuit breaker with how the attempt ended."""
+        if outcome is None or not self._registered(instance_id):
+            return
+        if isinstance(outcome, Finished):
+            self.breakers.record_success(instance_id)
+        elif (
+            isinstance(outcome, Failed)
+            and blames_instance(outcome.kind, outcome.status)
+            and self.breakers.record_failure(instance_id, self._now())
+        ):
+            log.warning(
+                "instance %s: circuit opened after %d consecutive failures (last: %s)",
+                instance_id, self.breakers.config.failure_threshold, outcome.kind,
+            )  # fmt: skip
+            self._set_out(instance_id, "circuit", True)
+
+    async def _probe(self, instance_id: str) -> None:
+        if not self._registered(instance_id):
+            return
+        instance = self.core.instance(instance_id)
+        ok = await probe_instance(self.backend, instance, self.breakers.config.probe_timeout_s)
+        if self.breakers.probe_result(instance_id, ok, self._now()) and self._registered(
+            instance_id
+        ):
+            log.warning("instance %s: probe succeeded, circuit closed", instance_id)
+            self._set_out(instance_id, "circuit", False)
+
+    def _on_health(self, instance_id: str, healthy: bool) -> None:
+        if self._registered(instance_id):
+            self._set_out(instance_id, "health", not healthy)
+
+    def _set_out(self, instance_id: str, reason: str, out: bool) -> None:
+        verdict = self.rotation.set(instance_id, reason, out)
+        if verdict is not None:
+            self.core.set_health(instance_id, verdict, self._now())
+            self._kick()
+
     def _on_load(self, instance_id: str, sample: LoadSample) -> None:
+        if not self._registered(instance_id):
+            return
         self.core.update_load(
             instance_id,
-            running=sample.num_requests_running,
-            waiting=sample.num_requests_waiting,
+            running=int(sample.num_requests_running),
+            waiting=int(sample.num_requests_waiting),
             kv_usage=sample.kv_cache_usage,
             now=self._now(),
         )
         self._kick()
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _registered(self, instance_id: str) -> bool:
+        try:
+            self.core.instance(instance_id)
+        except KeyError:
+            return False
+        return True
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(coro, name="vcp-side")
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
 
     def _task_of(self, request_id: str) -> asyncio.Task[None] | None:
         handle = self._handles.get(request_id)
@@ -392,6 +509,7 @@ class ControlPlaneManager:
         return bool(handle and handle.chunks)
 
     def _remember(self, handle: RequestHandle) -> None:
+        self._handles.pop(handle.request_id, None)
         self._handles[handle.request_id] = handle
         while len(self._handles) > self._history:
             oldest, old = next(iter(self._handles.items()))
@@ -399,9 +517,8 @@ class ControlPlaneManager:
                 break  # never forget a live request
             del self._handles[oldest]
 
-    def _finish_if_terminal(self, request_id: str) -> None:
-        if self.core.status(request_id).is_terminal:
-            self._finish(request_id)
+    def _on_terminal(self, rec: RequestRecord) -> None:
+        self._finish(rec.request_id)
 
     def _finish(self, request_id: str) -> None:
         handle = self._handles.get(request_id)
@@ -431,3 +548,16 @@ class ControlPlaneManager:
             error=rec.reason if rec.status is not RequestStatus.COMPLETED else None,
             slo_met=rec.met_slo(),
         )
+
+
+async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait until every one has ended. Re-cancels while waiting: a task
+    may swallow one cancellation (an inner timeout racing it) and must still end."""
+    pending = {t for t in tasks if not t.done()}
+    for task in pending:
+        task.cancel()
+    while pending:
+        _, pending = await asyncio.wait(pending, timeout=0.2)
+        for task in pending:
+            task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -4,9 +4,12 @@ Every request is streamed from the engine, whatever the client asked for: the fi
 is the first token, so TTFT and TPOT are measured here rather than guessed. The engine's SSE frames
 are handed up unchanged (``TokenChunk.raw``) so the gateway can pass them through byte for byte.
 
-Timeouts: the connect timeout is aiohttp's; first-token and stream-idle timeouts are one watchdog
-timer per request that is re-armed on every frame and, when it fires, closes the response — which
-also makes vLLM abort the request, as for any client disconnect.
+Timeouts: the connect timeout is aiohttp's; the first-token clock starts when the request is
+sent (it bounds the wait for the response headers too, so a server that accepts and never answers
+is caught); then one watchdog timer per request is re-armed on every frame (stream idle) and, when
+it fires, closes the response — which also makes vLLM abort the request, as for any client
+disconnect. Every failure is reported as a :class:`Failed` event whose ``kind`` says what went
+wrong (the table in docs/reliability.md maps each onto a terminal state).
 """
 
 from __future__ import annotations
@@ -93,28 +96,46 @@ def _error_message(payload: bytes, status: int) -> str:
 
 
 class _Watchdog:
-    """Closes a response when no frame arrives in time (first token, then stream idle)."""
+    """Bounds the wait for the first token and every gap after it.
+
+    The first-token clock starts when the request is sent, so it also bounds a server that
+    accepts the connection and never answers (no headers at all). Once the response is open the
+    watchdog closes it when no frame arrives in time, which ends the read loop."""
 
     def __init__(self, first: float | None, idle: float | None) -> None:
         self._first, self._idle = first, idle
         self._handle: asyncio.TimerHandle | None = None
+        self._sent_at = asyncio.get_running_loop().time()
         self.fired: str | None = None
         self._response: aiohttp.ClientResponse | None = None
 
+    @property
+    def header_budget(self) -> float | None:
+        """Seconds left for the response headers (the first-token budget)."""
+        return self._first
+
+    def first_token_expired(self) -> None:
+        self.fired = f"first token timeout ({self._first:g} s)"
+
     def arm(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
-        self._rearm(self._first, "first token")
+        if self._first is None:
+            return
+        spent = asyncio.get_running_loop().time() - self._sent_at
+        self._rearm(max(self._first - spent, 0.0), f"first token timeout ({self._first:g} s)")
 
     def feed(self) -> None:
-        self._rearm(self._idle, "stream idle")
-
-    def _rearm(self, delay: float | None, what: str) -> None:
-        if self._handle is not None:
+        if self._idle is not None:
+            self._rearm(self._idle, f"stream idle timeout ({self._idle:g} s)")
+        elif self._handle is not None:
             self._handle.cancel()
             self._handle = None
-        if delay is not None:
-            loop = asyncio.get_running_loop()
-            self._handle = loop.call_later(delay, self._fire, f"{what} timeout ({delay:g} s)")
+
+    def _rearm(self, delay: float, why: str) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        loop = asyncio.get_running_loop()
+        self._handle = loop.call_later(delay, self._fire, why)
 
     def _fire(self, why: str) -> None:
         self.fired = why
@@ -218,19 +239,10 @@ class OpenAIHTTPBackend(Backend):
         watchdog = _Watchdog(self.timeouts.first_token, self.timeouts.idle)
         state = _StreamState()
         try:
-            async with self.session.post(
-                instance.base_url + path,
-                data=orjson.dumps(body),
-                headers=self._headers(instance, request),
-            ) as resp:
+            resp = await self._send(instance.base_url + path, body, instance, request, watchdog)
+            async with resp:
                 if resp.status != 200:
-                    payload = await resp.read()
-                    yield Failed(
-                        _error_message(payload, resp.status),
-                        retryable=resp.status >= 500 or resp.status == 429,
-                        status=resp.status,
-                        kind="http_status",
-                    )
+                    yield await self._status_failure(resp)
                     return
                 watchdog.arm(resp)
                 async for event in self._read_stream(resp, state, watchdog):
@@ -242,14 +254,50 @@ class OpenAIHTTPBackend(Backend):
             return
         finally:
             watchdog.cancel()
+        yield self._ending(state, watchdog)
+
+    async def _send(
+        self,
+        url: str,
+        body: dict[str, Any],
+        instance: ExecutionInstance,
+        request: RequestMetadata,
+        watchdog: _Watchdog,
+    ) -> aiohttp.ClientResponse:
+        """POST and wait for the response headers, within the first-token budget."""
+        sending = self.session.post(
+            url, data=orjson.dumps(body), headers=self._headers(instance, request)
+        )
+        budget = watchdog.header_budget
+        if budget is None:
+            return await sending
+        try:
+            return await asyncio.wait_for(sending, budget)
+        except asyncio.TimeoutError:
+            watchdog.first_token_expired()
+            raise
+
+    @staticmethod
+    async def _status_failure(resp: aiohttp.ClientResponse) -> Failed:
+        payload = await resp.read()
+        return Failed(
+            _error_message(payload, resp.status),
+            retryable=resp.status >= 500 or resp.status == 429,
+            status=resp.status,
+            kind="http_status",
+        )
+
+    @staticmethod
+    def _ending(state: _StreamState, watchdog: _Watchdog) -> BackendEvent:
+        """The last event of a stream that ended without an exception."""
+        retryable = state.completion_tokens == 0
+        if watchdog.fired:  # the watchdog closed the response: the read loop just stopped
+            return Failed(watchdog.fired, retryable=retryable, kind="timeout")
         if state.finish_reason is None:
-            yield Failed(
-                "engine closed the stream before finishing",
-                retryable=state.completion_tokens == 0,
-                kind="protocol",
+            return Failed(
+                "engine closed the stream before finishing", retryable=retryable, kind="protocol"
             )
-            return
-        yield Finished(
+        return Finished(
             finish_reason=state.finish_reason,
             prompt_tokens=state.prompt_tokens,
             completion_tokens=state.completion_tokens,

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from vllm_control_plane.core.accounting import Accounting, Counters
@@ -124,6 +124,7 @@ class ControlCore:
         self._ctx = PolicyContext(self.estimator, self.limits, self._serving)
         self._policy: SchedulingPolicy = get_policy(policy, self._ctx)
         self._routing_ctx = RoutingContext(estimator=self.estimator, rng=random.Random(seed))
+        self._jitter_rng = random.Random(seed + 1)  # retry backoff jitter, apart from routing
         self._strategy = _strategy_from(strategy, self._routing_ctx)
         self._queue = RequestQueue(self._policy.order_key)
         self._fleet.on_ready = self._wake
@@ -136,6 +137,10 @@ class ControlCore:
         self._now = 0.0
         self._rekey_pending = False
         self._price_spread = 1.0
+        # Called with every record that reaches its terminal state, whoever ended it (including
+        # requests the core ends on its own: shed, orphaned, expired), so a driver can release
+        # whatever it holds for the request. Must not call back into the core.
+        self.on_terminal: Callable[[RequestRecord], None] | None = None
 
     # ---------------------------------------------------------------- policy and strategy ----
     @property
@@ -594,10 +599,21 @@ class ControlCore:
         self._finish(rec, _S.COMPLETED, now, f"finished: {finish_reason}")
         return True
 
-    def on_failed(self, request_id: str, now: float, error: str, *, retryable: bool) -> bool:
+    def on_failed(
+        self,
+        request_id: str,
+        now: float,
+        error: str,
+        *,
+        retryable: bool,
+        retry_veto: str | None = None,
+    ) -> bool:
         """The request failed on its instance. Returns True when it was requeued for a retry
         on another instance (only before its first token, within ``max_retries``, with
-        exponential backoff); otherwise it is FAILED with ``error``."""
+        exponential backoff and jitter); otherwise it is FAILED with ``error``.
+
+        ``retry_veto`` is the driver's reason to refuse a retry the core would otherwise make
+        (e.g. a fleet-wide retry budget); it ends up in the FAILED reason."""
         rec = self._feedback_target(request_id, now)
         if rec is None:
             return False
@@ -610,7 +626,7 @@ class ControlCore:
             inst.failed_requests += 1
         self._release(rec, now)
         rec.error = error
-        why_not = self._no_retry_reason(rec, retryable)
+        why_not = self._no_retry_reason(rec, retryable) or retry_veto
         if why_not is not None:
             self._finish(rec, _S.FAILED, now, f"failed on {iid}: {error} ({why_not})")
             return False
@@ -618,10 +634,10 @@ class ControlCore:
         return True
 
     def _no_retry_reason(self, rec: RequestRecord, retryable: bool) -> str | None:
+        if rec.first_token_at is not None:  # the client has text: a retry would contradict it
+            return "failed after its first token"
         if not retryable:
             return "not retryable"
-        if rec.first_token_at is not None:
-            return "failed after its first token"
         if rec.retries >= self.limits.max_retries:
             return f"retries exhausted ({rec.retries})"
         tried = rec.excluded | {rec.instance_id}
@@ -633,12 +649,20 @@ class ControlCore:
     def _requeue_retry(self, rec: RequestRecord, iid: str, error: str, now: float) -> None:
         rec.excluded.add(iid)
         rec.retries += 1
-        rec.not_before = now + self.limits.retry_backoff_s * 2 ** (rec.retries - 1)
+        rec.not_before = now + self.retry_delay(rec.retries)
         rec.started_at = None
         reason = f"retry {rec.retries}/{self.limits.max_retries} after failure on {iid}: {error}"
         rec.transition(_S.QUEUED, now, reason)
         self._queue.push(rec, now)
         self._acct.on_retry()
+
+    def retry_delay(self, retry: int) -> float:
+        """Backoff before retry number ``retry`` (1, 2, ...): exponential from
+        ``retry_backoff_s``, capped at ``retry_backoff_max_s``, then stretched by a random factor
+        in ``[1, 1 + retry_jitter)`` so retries of requests that failed together spread out."""
+        lim = self.limits
+        base = min(lim.retry_backoff_s * 2 ** (retry - 1), lim.retry_backoff_max_s)
+        return base * (1.0 + lim.retry_jitter * self._jitter_rng.random())
 
     def cancel(self, request_id: str, now: float, *, reason: str = "cancelled") -> CancelResult:
         """Cancel in any state: queued → CANCELLED; scheduled/running → CANCELLED and the
@@ -712,6 +736,8 @@ class ControlCore:
         self._acct.on_terminal(rec)
         if self._policy.observe(rec, self._signals(now)):
             self._rekey_pending = True
+        if self.on_terminal is not None:
+            self.on_terminal(rec)
 
     def _signals(self, now: float) -> FleetSignals:
         return FleetSignals(now, len(self._queue), self._fleet.utilisation(), self._price_spread)

@@ -32,6 +32,13 @@ class CoreLimits:
     retry_backoff_s: float = 0.05
     """Delay before the first retry may dispatch; doubles with every further retry."""
 
+    retry_backoff_max_s: float = 2.0
+    """Cap of the doubling retry delay."""
+
+    retry_jitter: float = 0.5
+    """Each retry delay is stretched by a random factor in ``[1, 1 + retry_jitter)`` so that
+    requests that failed together do not all come back at the same instant (0: no jitter)."""
+
     aging_s: float = 30.0
     """``priority``: a request that waited this long ranks with fresh requests one level higher."""
 
@@ -71,7 +78,8 @@ class CoreLimits:
                 raise ValueError(f"CoreLimits.{name} must be >= 1, got {getattr(self, name)}")
         if self.max_retries < 0 or self.max_skips_per_dispatch < 0:
             raise ValueError("CoreLimits.max_retries and max_skips_per_dispatch must be >= 0")
-        for name in ("retry_backoff_s", "saturation_waiting"):
+        for name in ("retry_backoff_s", "retry_backoff_max_s", "retry_jitter",
+                     "saturation_waiting"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"CoreLimits.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("aging_s", "no_slo_slack_s", "rate_window_s"):

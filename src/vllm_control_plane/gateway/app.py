@@ -76,7 +76,11 @@ async def _openapi(request: web.Request) -> web.Response:
 
 
 async def _dashboard(request: web.Request) -> web.Response:
-    return web.Response(body=_DASHBOARD.read_bytes(), content_type="text/html")
+    try:
+        page = _DASHBOARD.read_bytes()
+    except OSError:  # an install without package data
+        raise GatewayError(404, "The dashboard page is not installed.", "not_found") from None
+    return web.Response(body=page, content_type="text/html")
 
 
 def build_app(gw: Gateway) -> web.Application:

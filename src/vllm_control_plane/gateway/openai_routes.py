@@ -103,12 +103,11 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
             raise GatewayError(409, str(e), "duplicate_request_id", "X-Request-Id",
                                headers={"X-Should-Retry": "false"}) from None  # fmt: skip
         handle = gw.cp.handle(meta.request_id)
-        gw.submitted(handle)
         if creq.stream:
             return await _stream(gw, request, creq, handle)
         return await _unary(gw, creq, handle)
     finally:
-        gw.end(meta.request_id if handle is not None else None)
+        gw.end()
         gw.backend.pop(meta.request_id)
         if handle is not None and handle.result.done():
             result = handle.result.result()

@@ -16,7 +16,6 @@ from typing import Any
 import orjson
 
 from vllm_control_plane.backends.base import TokenChunk
-from vllm_control_plane.core.lifecycle import RequestRecord
 from vllm_control_plane.gateway.errors import (
     GatewayError,
     deadline_passed,
@@ -42,11 +41,14 @@ def error_for(result: RequestResult, captured: Captured, retry_after_s: int) -> 
         return GatewayError(503, f"Request was cancelled: {reason}.", "request_cancelled",
                             headers=_NO_RETRY)  # fmt: skip
     failure = captured.failure
-    engine_status = failure.status if failure is not None else None
-    if engine_status is not None and 400 <= engine_status < 500 and engine_status != 429:
+    if failure is not None and _client_error(failure.status):
         # the engine refused the request itself (bad parameters): pass its answer on
-        return GatewayError(engine_status, failure.error, "engine_rejected")  # type: ignore[union-attr]
+        return GatewayError(failure.status or 400, failure.error, "engine_rejected")
     return GatewayError(502, f"The engine failed the request: {reason}", "engine_error")
+
+
+def _client_error(status: int | None) -> bool:
+    return status is not None and 400 <= status < 500 and status != 429
 
 
 def _rejection(reason: str, retry_after_s: int) -> GatewayError:
@@ -62,29 +64,6 @@ def _rejection(reason: str, retry_after_s: int) -> GatewayError:
     if "no instance serves model" in low:
         return GatewayError(404, reason, "model_not_found", "model")
     return no_instance(f"Request refused: {reason}.", retry_after_s)
-
-
-def result_from_record(rec: RequestRecord, text: str) -> RequestResult:
-    """A :class:`RequestResult` built from the core's record (for handles the gateway finishes)."""
-    queue_ms = None if rec.scheduled_at is None else (rec.scheduled_at - rec.submitted_at) * 1e3
-    return RequestResult(
-        request_id=rec.request_id,
-        status=rec.status,
-        text=text,
-        instance_id=rec.instance_id,
-        finish_reason=rec.finish_reason,
-        prompt_tokens=rec.prompt_tokens,
-        completion_tokens=rec.completion_tokens,
-        cached_tokens=rec.cached_tokens,
-        queue_time_ms=queue_ms,
-        ttft_ms=rec.ttft_ms,
-        tpot_ms=rec.tpot_ms,
-        latency_ms=rec.e2e_ms,
-        cost_usd=rec.cost_usd,
-        retries=rec.retries,
-        error=None if rec.status is RequestStatus.COMPLETED else rec.reason,
-        slo_met=rec.met_slo(),
-    )
 
 
 def completion_body(

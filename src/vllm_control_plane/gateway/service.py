@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from vllm_control_plane.backends.base import Backend
 from vllm_control_plane.backends.openai_http import OpenAIHTTPBackend
@@ -30,10 +32,8 @@ from vllm_control_plane.gateway.auth import Authenticator
 from vllm_control_plane.gateway.errors import GatewayError, model_not_found, no_instance
 from vllm_control_plane.gateway.fleet import EmbeddedFleet
 from vllm_control_plane.gateway.metrics import GatewayMetrics
-from vllm_control_plane.gateway.outcomes import result_from_record
 from vllm_control_plane.gateway.passthrough import CapturingBackend
 from vllm_control_plane.manager import ControlPlaneManager
-from vllm_control_plane.runtime.handles import RequestHandle
 from vllm_control_plane.types import ExecutionInstance
 
 log = logging.getLogger(__name__)
@@ -60,8 +60,6 @@ class Gateway:
         self.started_at = time.time()
         self._models: dict[str, str] = {}
         self._in_flight = 0
-        self._live: dict[str, RequestHandle] = {}
-        self._shed_seen = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self._side_tasks: set[asyncio.Task[None]] = set()
@@ -90,51 +88,21 @@ class Gateway:
             except asyncio.TimeoutError:
                 log.warning("%d request(s) still running after %gs: cancelling", self._in_flight,
                             grace_s)  # fmt: skip
-        await self._stop_manager()
+        await self.cp.stop()
         for task in list(self._side_tasks):
             task.cancel()
         await asyncio.gather(*self._side_tasks, return_exceptions=True)
         await self.fleet.close()
-
-    async def _stop_manager(self) -> None:
-        # Python 3.11's asyncio.wait_for can swallow a cancellation that races with its inner
-        # future completing; the manager's dispatch loop waits that way, so one cancel may be
-        # lost and stop() would hang. Re-cancel the manager's loops until stop() returns.
-        # TODO(lead): drop once the manager's loop no longer depends on a single cancel.
-        stopping = asyncio.ensure_future(self.cp.stop())
-        while not stopping.done():
-            await asyncio.wait([stopping], timeout=0.2)
-            for task in getattr(self.cp, "_loops", ()):
-                task.cancel()
-        await stopping
 
     def begin(self) -> None:
         """A client request entered the control plane (graceful shutdown waits for it)."""
         self._in_flight += 1
         self._idle.clear()
 
-    def end(self, request_id: str | None = None) -> None:
+    def end(self) -> None:
         self._in_flight -= 1
-        if request_id is not None:
-            self._live.pop(request_id, None)
         if self._in_flight == 0:
             self._idle.set()
-
-    def submitted(self, handle: RequestHandle) -> None:
-        """Track the handle of a request the gateway submitted."""
-        self._live[handle.request_id] = handle
-        shed = self.cp.core.counters().shed
-        if shed != self._shed_seen:
-            self._shed_seen = shed
-            self._finish_shed()
-
-    def _finish_shed(self) -> None:
-        # The core may shed a queued request to admit a more urgent one; the manager does not
-        # finish the victim's handle yet, so its client would wait forever. Finish it here from
-        # the core's record. TODO(lead): remove once submit_request finishes shed requests.
-        for rid, handle in list(self._live.items()):
-            if not handle.result.done() and self.cp.core.status(rid).is_terminal:
-                handle.finish(result_from_record(self.cp.core.record(rid), handle.text))
 
     @property
     def in_flight(self) -> int:
@@ -225,7 +193,8 @@ class Gateway:
     def resume_instance(self, instance_id: str) -> None:
         self.cp.core.resume_instance(instance_id)
 
-    def spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` in the background; :meth:`stop` cancels what is left."""
         task = asyncio.get_running_loop().create_task(coro)
         self._side_tasks.add(task)
         task.add_done_callback(self._side_tasks.discard)

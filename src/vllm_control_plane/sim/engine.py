@@ -365,7 +365,7 @@ class SimEngine:
             new += n
             kv += c
             pairs += n * c + n * (n + 1) // 2
-        stage = self._timing.stage_time(new, kv, pairs)
+        stage = self._timing.stage_time(new, kv, pairs, len(sched))
         last = self._group_last
         last[g] = stage
         d = max(last) if self._pp > 1 else stage

@@ -17,6 +17,8 @@ Fault semantics (the HTTP layer carries them out):
 * ``unhealthy`` — ``/health`` answers 503; requests are still served.
 * ``midstream_error_after_tokens`` — after that many tokens a stream gets an error frame and
   ``[DONE]`` (a non-streaming request gets a 500).
+* ``malformed_sse_after_tokens`` — after that many tokens a stream gets a frame that is not valid
+  JSON, then ``[DONE]`` (a non-streaming request gets a 200 with a truncated JSON body).
 * ``startup_delay_s`` — the port is not bound (connection refused) for that long; set at run time
   it acts as a restart: the listener and every connection close, then the port comes back.
 """
@@ -53,6 +55,8 @@ class FaultConfig(BaseModel):
     """Answer ``/health`` with 503."""
     midstream_error_after_tokens: int | None = Field(None, ge=0)
     """Send an error frame after this many tokens of a stream."""
+    malformed_sse_after_tokens: int | None = Field(None, ge=0)
+    """Send a frame that is not valid JSON after this many tokens of a stream."""
     startup_delay_s: float = Field(0.0, ge=0.0)
     """Seconds before the port is bound (at run time: a restart of that length)."""
 
@@ -91,6 +95,11 @@ class FaultInjector:
     def crash_due(self, tokens_sent: int) -> bool:
         """True once a stream has sent ``crash_after_tokens`` tokens."""
         limit = self.config.crash_after_tokens
+        return limit is not None and tokens_sent >= limit
+
+    def malformed_due(self, tokens_sent: int) -> bool:
+        """True once a stream has sent ``malformed_sse_after_tokens`` tokens."""
+        limit = self.config.malformed_sse_after_tokens
         return limit is not None and tokens_sent >= limit
 
     def midstream_error_due(self, tokens_sent: int) -> bool:

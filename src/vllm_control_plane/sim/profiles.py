@@ -33,6 +33,14 @@ class GPUProfile:
     mem_bw: float  # HBM bytes/s (datasheet)
     mem_bytes: float  # device memory as the driver reports it
     t0: float = 1.5e-3  # fixed per-step overhead (scheduler, launch, sampling), seconds
+    # Per scheduled sequence per step (its logits row, sampling, per-request bookkeeping),
+    # seconds. Negligible next to a GPU's weight reads, hence 0 there; on a CPU running a tiny
+    # model it is what makes a step grow with the batch.
+    t_seq: float = 0.0
+    # Extra fixed cost of a step that computes a prompt chunk (a sequence computing more than one
+    # token), seconds: the prefill attention path and its metadata. 0 on GPUs; measurable on a
+    # CPU, where a 16-token prefill step costs about three decode steps.
+    t_prefill: float = 0.0
     eta_mem: float = 0.8  # achievable share of mem_bw
     eta_compute: float = 0.6  # achievable share of flops (MFU of large GEMMs)
     link_bw: float = 450e9  # per-device interconnect bytes/s (NVLink: one direction)
@@ -49,6 +57,8 @@ class GPUProfile:
                 raise ValueError(f"GPUProfile.{field_name} must be > 0")
         if not (0 < self.eta_mem <= 1 and 0 < self.eta_compute <= 1):
             raise ValueError("efficiency factors must be in (0, 1]")
+        if min(self.t0, self.t_seq, self.t_prefill) < 0:
+            raise ValueError("GPUProfile.t0, t_seq and t_prefill must be >= 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,9 +306,11 @@ register_model(
         aliases=("Qwen/Qwen2.5-7B", "Qwen/Qwen2.5-7B-Instruct", "qwen2.5-7b-instruct"),
     )
 )
-# A toy Llama for vLLM-CPU tests: 2 layers of width 256, MLP 1024, vocab 2000, tied embeddings.
-# params = 2000·256 + 2·(4·256·256 - 2·256·128 + 3·256·1024)  (q,o full; k,v with 2 KV heads).
-_TINY_PARAMS = 2000 * 256 + 2 * (2 * 256 * 256 + 2 * 256 * 128 + 3 * 256 * 1024)
+# The seeded random Llama the real-vLLM suite builds (tests/vllm_support/build_tiny_model.py):
+# hidden 256, 2 layers, 4 query / 2 KV heads of 64, MLP 512, vocab 2048, untied embeddings,
+# float32 (the suite serves it with --dtype float32), max_position_embeddings 4096.
+_TINY_LAYER = 2 * 256 * 256 + 2 * 256 * 128 + 3 * 256 * 512 + 2 * 256  # q,o; k,v; MLP; norms
+_TINY_PARAMS = 2 * 2048 * 256 + 2 * _TINY_LAYER + 256  # embeddings + lm_head, layers, final norm
 register_model(
     ModelProfile(
         "tiny-llama",
@@ -308,8 +320,9 @@ register_model(
         64,
         num_heads=4,
         hidden_size=256,
-        vocab_size=2000,
-        context_len=1024,
+        vocab_size=2048,
+        context_len=4096,
+        dtype_bytes=4,
         aliases=("tiny", "tinyllama"),
     )
 )

@@ -292,6 +292,8 @@ class SimService:
             return _error_response(_midstream_error(), headers)
         if self.faults.crash_due(a.tokens) and a.finish is None:
             await self._crash()
+        if self.faults.malformed_due(a.tokens) and a.finish is None:
+            return web.Response(body=MALFORMED_BODY, content_type=JSON, headers=headers)
         text = a.text.take(a.tokens)
         a.sent = a.tokens
         cached = a.cached if self.prompt_tokens_details else None
@@ -347,6 +349,11 @@ class SimService:
             self._release(a)
             await resp.write(api.stream_error_frame(e.message, e.status, e.err_type))
             return True
+        if self.faults.malformed_due(a.tokens) and a.finish is None:
+            await self._send_upto(resp, writer, a, cfg.malformed_sse_after_tokens or 0)
+            self._release(a)
+            await resp.write(MALFORMED_FRAME + b"data: [DONE]\n\n")
+            return True
         return False
 
     async def _send_upto(
@@ -361,9 +368,14 @@ class SimService:
         return tokens >= self._fault_limit()
 
     def _fault_limit(self) -> float:
-        """Token count at which a crash or mid-stream error fault fires (inf: none armed)."""
+        """Token count at which a crash, mid-stream error or malformed-frame fault fires (inf:
+        none armed)."""
         cfg = self.faults.config
-        limits = (cfg.crash_after_tokens, cfg.midstream_error_after_tokens)
+        limits = (
+            cfg.crash_after_tokens,
+            cfg.midstream_error_after_tokens,
+            cfg.malformed_sse_after_tokens,
+        )
         return min((x for x in limits if x is not None), default=math.inf)
 
     async def _crash(self) -> Any:
@@ -435,6 +447,11 @@ async def _until_cancelled() -> Any:
     """Park a handler whose connection is gone: losing it cancels the handler (aiohttp's
     ``handler_cancellation``), and nothing may be written to it meanwhile."""
     await asyncio.get_running_loop().create_future()
+
+
+# The malformed-frame fault: a chunk cut off in the middle of its JSON.
+MALFORMED_FRAME = b'data: {"id":"cmpl-malformed","object":"text_completion","choices":[{"text":"\n\n'
+MALFORMED_BODY = b'{"id":"cmpl-malformed","object":"text_completion","choices":[{"text":"'
 
 
 def _midstream_error() -> api.ApiError:

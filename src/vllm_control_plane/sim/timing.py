@@ -3,9 +3,13 @@
 How it works: one forward pass over a batch reads every weight once plus the KV cache of the
 contexts it attends to, and does ``2·params`` FLOPs per new token plus attention. Whichever of
 memory and compute is slower bounds the step; a fixed overhead ``t0`` (scheduling, kernel launch,
-sampling) and tensor-parallel all-reduces are added on top::
+sampling), a per-sequence overhead ``t_seq``, a prefill-step overhead ``t_prefill`` (both 0 on
+GPUs; see ``GPUProfile``) and tensor-parallel all-reduces are added on top::
 
-    t = t0 + max(bytes / (BW·ηm), flops / (FLOPS·ηc)) + allreduce(TP) + p2p(PP)
+    t = t0 + t_seq·seqs + [t_prefill] + max(bytes / (BW·ηm), flops / (FLOPS·ηc))
+        + allreduce(TP) + p2p(PP)
+
+where ``t_prefill`` counts when some sequence computes more than one token (a prompt chunk).
 
 Everything is per device: TP splits weights, KV heads and FLOPs over ``tp`` devices and adds
 two all-reduces per layer; PP splits layers over ``pp`` stages. With PP the engine runs ``pp``
@@ -34,6 +38,8 @@ class StepTimeModel:
         "_c_lin",
         "_comm_fixed",
         "_comm_per_token",
+        "_t_prefill",
+        "_t_seq",
         "gpu",
         "model",
         "pp",
@@ -50,6 +56,8 @@ class StepTimeModel:
         self.gpu = get_gpu(gpu) if isinstance(gpu, str) else gpu
         self.tp, self.pp = tp, pp
         self.t0 = self.gpu.t0
+        self._t_seq = self.gpu.t_seq
+        self._t_prefill = self.gpu.t_prefill
         self._set_coefficients()
 
     def _set_coefficients(self) -> None:
@@ -71,19 +79,27 @@ class StepTimeModel:
             per_token += m.hidden * m.dtype_bytes / g.link_bw
         self._comm_fixed, self._comm_per_token = fixed, per_token
 
-    def stage_time(self, new_tokens: int, kv_read_tokens: int, attn_pairs: int) -> float:
-        """One beat: ``new_tokens`` computed, ``kv_read_tokens`` of cached KV read, and
-        ``attn_pairs`` (query token, context token) pairs of attention. 0 tokens -> 0 s."""
+    def stage_time(
+        self, new_tokens: int, kv_read_tokens: int, attn_pairs: int, seqs: int = 1
+    ) -> float:
+        """One beat: ``new_tokens`` computed for ``seqs`` sequences, ``kv_read_tokens`` of cached
+        KV read, and ``attn_pairs`` (query token, context token) pairs of attention.
+        0 tokens -> 0 s. More tokens than sequences means a prompt chunk is in the beat."""
         if new_tokens <= 0:
             return 0.0
         mem = self._a_mem + self._b_mem * kv_read_tokens
         comp = self._c_lin * new_tokens + self._c_attn * attn_pairs
         comm = self._comm_fixed + self._comm_per_token * new_tokens
-        return self.t0 + (mem if mem > comp else comp) + comm
+        fixed = self.t0 + self._t_seq * seqs
+        if new_tokens > seqs:
+            fixed += self._t_prefill
+        return fixed + (mem if mem > comp else comp) + comm
 
     def decode_stage_coefficients(self) -> tuple[float, float, float, float, float, float, float]:
-        """``(t0, a_mem, b_mem, c_lin, c_attn, comm_fixed, comm_per_token)`` for tight loops
-        that inline :meth:`stage_time` (the engine's multi-step fast path)."""
+        """``(t0, a_mem, b_mem, c_lin, c_attn, comm_fixed, per_token)`` for tight loops
+        that inline :meth:`stage_time` (the engine's multi-step fast path). In a decode-only beat
+        every sequence computes exactly one token, so the per-sequence overhead is folded into
+        ``per_token`` (the all-reduce cost per token plus ``t_seq``)."""
         return (
             self.t0,
             self._a_mem,
@@ -91,7 +107,7 @@ class StepTimeModel:
             self._c_lin,
             self._c_attn,
             self._comm_fixed,
-            self._comm_per_token,
+            self._comm_per_token + self._t_seq,
         )
 
     def step_time(
@@ -115,10 +131,12 @@ class StepTimeModel:
         tokens = prefill_tokens + decode_contexts
         if tokens <= 0:
             return 0.0
+        seqs = decode_contexts + (prefill_seqs if prefill_tokens > 0 else 0)
         return pp * self.stage_time(
             math.ceil(tokens / pp),
             math.ceil(decode_tokens_in_context / pp),
             math.ceil(pairs / pp),
+            math.ceil(seqs / pp),
         )
 
     def prefill_time(self, tokens: int, *, chunk: int | None = None) -> float:

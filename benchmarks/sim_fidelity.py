@@ -1,0 +1,342 @@
+"""Simulator fidelity on the CPU: `vcp sim --model tiny-llama --gpu CPU` against real vLLM (CPU).
+
+Two subcommands:
+
+- ``fit`` calibrates the CPU profile. It replays every workload of
+  ``benchmarks/results/vllm_cpu_profile.json`` (one prompt at a time for TTFT; B prompts of C
+  tokens at once for TPOT) through the pure ``SimEngine`` in virtual time, with candidate
+  constants (``t0``, effective memory and FLOP rates, ``t_seq``, ``t_prefill``), and minimises the
+  squared log error against the measured engine-side figures (Nelder–Mead in log space). It prints
+  the constants to put in ``sim/profiles.py`` and writes ``results/cpu_profile_fit.json``.
+- ``compare`` (the default) starts one real vLLM server and one ``vcp sim`` with the same
+  ``max_num_seqs``, ``max_model_len``, token budget and 128-token blocks, and runs the same
+  closed-loop streamed workload (``tests/vllm_support/workload.py``) on both, point by point and
+  alternating, so a burst of other load on the machine hits both. It reports client-side TTFT,
+  TPOT and throughput side by side, plus each server's own TTFT and inter-token-latency histogram
+  means, and writes ``results/sim_fidelity.json``.
+
+Usage:
+    python benchmarks/sim_fidelity.py fit
+    python benchmarks/sim_fidelity.py [compare] [--concurrency 1,8,32] [--prompts 64,768]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.vllm_support import (  # noqa: E402
+    SERVED_MODEL_NAME,
+    VllmServer,
+    VllmServerConfig,
+    build_model,
+    ensure_vllm_env,
+)
+from tests.vllm_support.build_tiny_model import TinyModelSpec  # noqa: E402
+from tests.vllm_support.server import free_ports  # noqa: E402
+from tests.vllm_support.workload import WorkloadPoint, run_point  # noqa: E402
+from vllm_control_plane.sim.engine import SimEngine  # noqa: E402
+from vllm_control_plane.sim.profiles import get_gpu, register_gpu  # noqa: E402
+from vllm_control_plane.sim.types import EngineRequest, EngineSpec  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PROFILE_JSON = RESULTS / "vllm_cpu_profile.json"
+# The engine settings shared by both sides (the real server's are VllmServerConfig's flags).
+MAX_NUM_SEQS = 32
+MAX_MODEL_LEN = 1024
+MAX_BATCHED_TOKENS = 2048  # vLLM's CPU default
+BLOCK_SIZE = 128  # vLLM's CPU block size
+REAL_KV_BLOCKS = 256  # --kv-cache-memory-bytes 64 MiB at 2 KiB per token, 128-token blocks
+
+
+# ---------------------------------------------------------------------------------- fit
+@dataclass(frozen=True)
+class CpuConstants:
+    """The fitted knobs of the CPU profile (rates are effective: efficiency factors are 1)."""
+
+    t0: float
+    mem_rate: float
+    flop_rate: float
+    t_seq: float
+    t_prefill: float
+
+    def register(self, name: str = "CPU-fit") -> str:
+        base = get_gpu("CPU")
+        register_gpu(
+            replace(
+                base,
+                name=name,
+                flops=self.flop_rate,
+                mem_bw=self.mem_rate,
+                eta_mem=1.0,
+                eta_compute=1.0,
+                t0=self.t0,
+                t_seq=self.t_seq,
+                t_prefill=self.t_prefill,
+                aliases=(),
+            ),
+            replace=True,
+        )
+        return name
+
+
+def replay(gpu: str, requests: list[EngineRequest]) -> dict[str, tuple[float, float]]:
+    """Run requests that all arrive at 0 through a fresh engine; id → (first, last) token time."""
+    spec = EngineSpec(
+        model="tiny-llama",
+        gpu=gpu,
+        block_size=BLOCK_SIZE,
+        max_num_seqs=MAX_NUM_SEQS,
+        max_model_len=MAX_MODEL_LEN,
+        max_num_batched_tokens=MAX_BATCHED_TOKENS,
+        num_gpu_blocks_override=REAL_KV_BLOCKS,
+        jitter=0.0,
+    )
+    engine = SimEngine(spec)
+    for req in requests:
+        engine.add_request(req, 0.0)
+    now, first, last = 0.0, {}, {}
+    while engine.has_unfinished():
+        adv = engine.advance(now, math.inf)  # decode-only stretches in one call
+        if adv.num_steps:
+            now, outputs = adv.end_time, adv.finished
+        else:
+            res = engine.step(now)
+            now, outputs = now + res.duration, res.outputs
+        for out in outputs:
+            if out.first_token:
+                first[out.request_id] = now
+            last[out.request_id] = now
+    return {rid: (first[rid], last[rid]) for rid in first}
+
+
+def predict(gpu: str, profile: dict[str, Any]) -> list[dict[str, Any]]:
+    """The simulator's figure for every measured row of the profile, beside the measurement."""
+    rows = []
+    for row in profile["ttft"]:
+        n = row["prompt_tokens"]
+        times = replay(gpu, [EngineRequest("r", n, 1, ignore_eos=True)])
+        sim = times["r"][0] * 1e3
+        rows.append({"what": f"prefill {n}", "real_ms": row["server_prefill_ms_mean"], "sim_ms": sim})
+    for row in profile["decode"]:
+        b, c, out = row["batch"], row["context_tokens"], row["output_tokens"]
+        reqs = [EngineRequest(f"r{i}", c, out, ignore_eos=True) for i in range(b)]
+        times = replay(gpu, reqs)
+        sim = 1e3 * float(np.mean([(last - first) / (out - 1) for first, last in times.values()]))
+        real = row["server_tpot_ms"]["median"]
+        rows.append({"what": f"TPOT batch {b} ctx {c}", "real_ms": real, "sim_ms": sim})
+    return rows
+
+
+def log_loss(rows: list[dict[str, Any]]) -> float:
+    return sum(math.log(r["sim_ms"] / r["real_ms"]) ** 2 for r in rows)
+
+
+def nelder_mead(
+    f: Callable[[np.ndarray], float], x0: np.ndarray, step: float = 0.3, iters: int = 300
+) -> np.ndarray:
+    """Minimise ``f`` from ``x0`` (the textbook simplex method; no scipy in the project)."""
+    pts = [x0.astype(float)] + [x0 + step * e for e in np.eye(len(x0))]
+    vals = [f(p) for p in pts]
+    for _ in range(iters):
+        order = np.argsort(vals)
+        pts, vals = [pts[i] for i in order], [vals[i] for i in order]
+        centre = np.mean(pts[:-1], axis=0)
+        reflected = centre + (centre - pts[-1])
+        fr = f(reflected)
+        if fr < vals[0]:
+            expanded = centre + 2 * (centre - pts[-1])
+            fe = f(expanded)
+            pts[-1], vals[-1] = (expanded, fe) if fe < fr else (reflected, fr)
+        elif fr < vals[-2]:
+            pts[-1], vals[-1] = reflected, fr
+        else:
+            contracted = centre + 0.5 * (pts[-1] - centre)
+            fc = f(contracted)
+            if fc < vals[-1]:
+                pts[-1], vals[-1] = contracted, fc
+            else:  # shrink towards the best point
+                pts = [pts[0]] + [pts[0] + 0.5 * (p - pts[0]) for p in pts[1:]]
+                vals = [vals[0]] + [f(p) for p in pts[1:]]
+    return pts[int(np.argmin(vals))]
+
+
+def fit(args: argparse.Namespace) -> None:
+    profile = json.loads(args.profile.read_text())
+
+    def loss(log_x: np.ndarray) -> float:
+        return log_loss(predict(CpuConstants(*np.exp(log_x)).register(), profile))
+
+    start = np.log([1e-3, 10e9, 200e9, 40e-6, 2e-3])
+    best = CpuConstants(*(float(v) for v in np.exp(nelder_mead(loss, start, iters=args.iters))))
+    rows = predict(best.register(), profile)
+    for r in rows:
+        r["error"] = r["sim_ms"] / r["real_ms"] - 1
+        print(f"{r['what']:24s} real {r['real_ms']:7.2f}  sim {r['sim_ms']:7.2f}  {r['error']:+.0%}")
+    print("constants:", {k: float(f"{v:.3g}") for k, v in asdict(best).items()})
+    out = {"command": "python benchmarks/sim_fidelity.py fit", "profile": str(args.profile.name)}
+    out |= {"constants": asdict(best), "rows": rows, "log_loss": log_loss(rows)}
+    (RESULTS / "cpu_profile_fit.json").write_text(json.dumps(out, indent=2) + "\n")
+
+
+# ------------------------------------------------------------------------------ compare
+@contextmanager
+def sim_server(port: int) -> Iterator[str]:
+    """``vcp sim`` for the tiny model on the CPU profile, with the real server's settings."""
+    cmd = [sys.executable, "-m", "vllm_control_plane.cli", "sim", "--model", "tiny-llama",
+           "--gpu", "CPU", "--served-model-name", SERVED_MODEL_NAME,
+           "--max-num-seqs", str(MAX_NUM_SEQS), "--max-model-len", str(MAX_MODEL_LEN),
+           "--max-num-batched-tokens", str(MAX_BATCHED_TOKENS), "--block-size", str(BLOCK_SIZE),
+           "--port", str(port)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"vcp sim exited: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"vcp sim at {url} not healthy after {timeout_s:.0f} s")
+
+
+def workload_points(args: argparse.Namespace) -> list[WorkloadPoint]:
+    return [
+        WorkloadPoint(p, c, max(args.min_requests, args.rounds * c), args.max_tokens)
+        for p in args.prompts
+        for c in args.concurrency
+    ]
+
+
+async def run_sides(urls: dict[str, str], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every point on every side, alternating sides point by point."""
+    vocab = TinyModelSpec().vocab_size
+    timeout = aiohttp.ClientTimeout(total=900)
+    rows = []
+    async with aiohttp.ClientSession(
+        timeout=timeout, connector=aiohttp.TCPConnector(limit=0)
+    ) as session:
+        for side, url in urls.items():  # warm-up: lazy initialisation, first-request costs
+            warm = WorkloadPoint(64, 4, 8, 16)
+            await run_point(session, url, SERVED_MODEL_NAME, warm, random.Random(0), vocab)
+        for point in workload_points(args):
+            row: dict[str, Any] = {}
+            for side, url in urls.items():
+                rng = random.Random(args.seed)  # both sides get the same prompts
+                result = await run_point(session, url, SERVED_MODEL_NAME, point, rng, vocab)
+                row[side] = result.summary()
+            rows.append(row)
+            print(format_row(row), flush=True)
+    return rows
+
+
+def ratio(sim: float, real: float) -> str:
+    return f"{sim / real - 1:+.0%}" if real and not math.isnan(sim / real) else "n/a"
+
+
+def format_row(row: dict[str, Any]) -> str:
+    r, s = row["real"], row["sim"]
+    cells = [str(r["prompt_tokens"]), str(r["concurrency"])]
+    for key, fmt in (("ttft_ms_mean", ".1f"), ("tpot_ms_mean", ".2f"), ("throughput_tok_s", ".0f")):
+        cells += [format(r[key], fmt), format(s[key], fmt), ratio(s[key], r[key])]
+    for key in ("server_ttft_ms_mean", "server_itl_ms_mean"):
+        cells += [format(r[key], ".1f" if "ttft" in key else ".2f"), format(s[key], ".2f")]
+    return "| " + " | ".join(cells) + " |"
+
+
+TABLE_HEAD = (
+    "| prompt | conc. | TTFT real | TTFT sim | Δ | TPOT real | TPOT sim | Δ | tok/s real"
+    " | tok/s sim | Δ | srv TTFT real | srv TTFT sim | srv ITL real | srv ITL sim |\n"
+    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+)
+
+
+def compare(args: argparse.Namespace) -> None:
+    venv = ensure_vllm_env()
+    model_dir = build_model(venv, Path(os.environ.get("TMPDIR", "/tmp")) / "vcp-fidelity-model")
+    config = VllmServerConfig(model_dir=model_dir, max_num_seqs=MAX_NUM_SEQS)
+    load_before = os.getloadavg()[0]
+    with VllmServer(venv, config) as real, sim_server(free_ports(1)[0]) as sim_url:
+        print(TABLE_HEAD, flush=True)
+        rows = asyncio.run(run_sides({"real": real.base_url, "sim": sim_url}, args))
+    report = {
+        "meta": {
+            "command": " ".join(["python benchmarks/sim_fidelity.py", *sys.argv[1:]]),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "cores": os.cpu_count(),
+            "loadavg_1m_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            "real_flags": config.cli_args(0)[2:],
+            "sim_gpu_profile": {k: getattr(get_gpu("CPU"), k) for k in _PROFILE_FIELDS},
+        },
+        "points": rows,
+    }
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+_PROFILE_FIELDS = ("flops", "mem_bw", "eta_mem", "eta_compute", "t0", "t_seq", "t_prefill")
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",")]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd")
+    f = sub.add_parser("fit", help="fit the CPU profile to results/vllm_cpu_profile.json")
+    f.add_argument("--profile", type=Path, default=PROFILE_JSON)
+    f.add_argument("--iters", type=int, default=300)
+    c = sub.add_parser("compare", help="real vLLM vs vcp sim on the same workload (default)")
+    for q in (p, c):
+        q.add_argument("--concurrency", type=_ints, default=[1, 8, 32])
+        q.add_argument("--prompts", type=_ints, default=[64, 768])
+        q.add_argument("--max-tokens", type=int, default=128)
+        q.add_argument("--rounds", type=int, default=4, help="requests per client per point")
+        q.add_argument("--min-requests", type=int, default=16)
+        q.add_argument("--seed", type=int, default=7)
+        q.add_argument("--out", type=Path, default=RESULTS / "sim_fidelity.json")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    fit(args) if args.cmd == "fit" else compare(args)
+
+
+if __name__ == "__main__":
+    main()
