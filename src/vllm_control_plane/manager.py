@@ -25,7 +25,6 @@ the timeout table: docs/reliability.md.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Coroutine
@@ -282,9 +281,7 @@ class ControlPlaneManager:
             return False
         task = self._task_of(request_id)
         if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await _cancel_all([task])  # closing its stream aborts the engine request
         self._finish(request_id)
         self._kick()
         return True

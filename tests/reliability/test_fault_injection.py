@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from tests.reliability.faultkit import (
+    HANG_TIMEOUTS,
     assert_identity,
     assert_quiet,
     instance,
@@ -82,13 +83,13 @@ async def test_stream_that_breaks_mid_way_raises_after_the_partial_text(servers,
 async def test_hang_times_out_before_first_token_retries_and_opens_the_circuit(
     servers, make_cp
 ) -> None:
-    a, b, cp, backend = await _two(servers, make_cp, FaultConfig(hang=True))
+    a, b, cp, backend = await _two(servers, make_cp, FaultConfig(hang=True), timeouts=HANG_TIMEOUTS)
     ids = await submit_all(cp, [req(f"r{i}") for i in range(6)])
     got = await results(cp, ids)
     assert all(r.status is S.COMPLETED and r.instance_id == "b" for r in got.values())
     on_a = backend.on("a")
     assert on_a and all(x.end == "failed:timeout" for x in on_a)
-    assert all("first token timeout (0.4 s)" in x.error for x in on_a)
+    assert all("first token timeout (0.5 s)" in x.error for x in on_a)
     for rid in ids:  # retried exactly when the first attempt hung on a
         assert got[rid].retries == (1 if backend.of(rid)[0].instance_id == "a" else 0)
     assert cp.breakers.state("a") is not CircuitState.CLOSED  # 3 timeouts in a row
@@ -105,7 +106,8 @@ async def test_5xx_burst_is_retried_elsewhere_then_the_instance_recovers(servers
     a, b, cp, backend = await _two(servers, make_cp, FaultConfig(error_rate=1.0, error_status=503))
     ids = await submit_all(cp, [req(f"r{i}") for i in range(8)])
     got = await results(cp, ids)
-    assert all(r.status is S.COMPLETED and r.instance_id == "b" for r in got.values())
+    assert all(r.status is S.COMPLETED and r.instance_id == "b" for r in got.values()), (
+        got, backend.attempts)  # fmt: skip
     assert all(x.end == "failed:http_status" and x.status == 503 for x in backend.on("a"))
     assert cp.rotation.reasons("a") == ["circuit"]
     a.set_faults(error_rate=0.0)  # the burst is over: a probe readmits a
@@ -121,14 +123,13 @@ async def test_5xx_burst_is_retried_elsewhere_then_the_instance_recovers(servers
 
 
 async def test_slow_instance_still_completes_everything_without_retries(servers, make_cp) -> None:
-    a, b, cp, backend = await _two(servers, make_cp, FaultConfig(slowdown=10.0),
-                                   timeouts=Timeouts(first_token=5, idle=5))  # fmt: skip
-    ids = await submit_all(cp, [req(f"r{i}", max_tokens=16) for i in range(8)])
+    a, b, cp, backend = await _two(servers, make_cp, FaultConfig(slowdown=10.0))
+    ids = await submit_all(cp, [req(f"r{i}", max_tokens=64) for i in range(8)])
     got = await results(cp, ids)
     assert all(r.status is S.COMPLETED and r.retries == 0 for r in got.values())
-    by = {iid: [r.latency_ms for r in got.values() if r.instance_id == iid] for iid in "ab"}
+    by = {iid: [r.tpot_ms for r in got.values() if r.instance_id == iid] for iid in "ab"}
     assert by["a"] and by["b"]  # round robin still uses both
-    assert min(by["a"]) > max(by["b"])  # 10x slower steps show in every request
+    assert sum(by["a"]) / len(by["a"]) > 3 * sum(by["b"]) / len(by["b"])  # 10x slower steps
     assert cp.breakers.is_closed("a") and cp.rotation.in_rotation("a")  # slow is not sick
     assert_identity(cp)
     await assert_quiet(backend, [a, b])
@@ -161,9 +162,7 @@ async def test_flapping_health_ejects_and_readmits_without_failing_requests(
     await assert_quiet(backend, [a, b])
 
 
-async def test_malformed_first_frame_is_retried_later_frames_fail_clearly(
-    servers, make_cp
-) -> None:
+async def test_malformed_first_frame_is_retried_later_frames_fail_clearly(servers, make_cp) -> None:
     a, b, cp, backend = await _two(servers, make_cp, FaultConfig(malformed_sse_after_tokens=0))
     ids = await submit_all(cp, [req(f"r{i}") for i in range(4)])
     got = await results(cp, ids)

@@ -52,9 +52,9 @@ async def test_full_queue_sheds_lowest_priority_first_and_finishes_its_waiters(
     await cp.submit_request(req("hi", priority=P.HIGH))  # full: the newest lowest is shed
     await cp.submit_request(req("bg3", priority=P.BACKGROUND))  # full, nothing lower: refused
     got = await results(cp, ["busy", "low", "bg", "n1", "bg2", "hi", "bg3"])
-    assert got["bg2"].status is S.REJECTED and "queue full for priority background" in got[
-        "bg2"
-    ].error
+    assert (
+        got["bg2"].status is S.REJECTED and "queue full for priority background" in got["bg2"].error
+    )
     assert got["bg"].status is S.REJECTED and got["bg"].error.startswith("shed: queue full")
     assert got["bg3"].status is S.REJECTED and "queue full" in got["bg3"].error
     assert all(got[r].status is S.COMPLETED for r in ("busy", "low", "n1", "hi"))
@@ -142,9 +142,7 @@ async def test_unregister_lets_running_requests_finish_within_the_drain_bound(
     await assert_quiet(backend, [a, b])
 
 
-async def test_drain_bound_aborts_stragglers_streaming_fail_waiting_retry(
-    servers, make_cp
-) -> None:
+async def test_drain_bound_aborts_stragglers_streaming_fail_waiting_retry(servers, make_cp) -> None:
     (a,) = await servers(sim(1, max_num_seqs=1))
     (b,) = await servers(sim(2))
     cp, backend = make_cp(drain_timeout_s=0.2, strategy="least_request")

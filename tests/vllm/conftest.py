@@ -26,6 +26,7 @@ from tests.vllm_support import (  # noqa: E402
     VllmEnvError,
     VllmServer,
     VllmServerConfig,
+    VllmServerError,
     build_model,
     ensure_vllm_env,
     running_servers,
@@ -68,3 +69,17 @@ def vllm_servers(
     configs = [replace(vllm_server_config, omp_threads_bind=str(i % cores)) for i in range(2)]
     with running_servers(vllm_env, configs, work_root=work_root) as servers:
         yield servers
+
+
+@pytest.fixture
+def live_vllm_servers(vllm_servers: list[VllmServer]) -> list[VllmServer]:
+    """The session's two servers, restarted first if an earlier test killed one (~45 s)."""
+    for server in vllm_servers:
+        if server.is_alive():
+            try:
+                server.wait_ready(timeout_s=60)
+                continue
+            except VllmServerError:
+                pass
+        server.restart()
+    return vllm_servers

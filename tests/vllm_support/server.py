@@ -195,6 +195,22 @@ class VllmServer:
         self.process = None
         if self._owns_work_dir and self.work_dir is not None:
             shutil.rmtree(self.work_dir, ignore_errors=True)
+            self.work_dir, self._owns_work_dir = None, False
+
+    def is_alive(self) -> bool:
+        """The API server process runs (it may still be starting: see ``is_healthy``)."""
+        return self.process is not None and self.process.poll() is None
+
+    def restart(self) -> float:
+        """Stop (or just reap, after a crash) and start again on the same port; return the
+        seconds until healthy."""
+        self.stop()
+        self.start()
+        try:
+            return self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
 
     def __enter__(self) -> VllmServer:
         self.start()

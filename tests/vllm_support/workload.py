@@ -123,7 +123,8 @@ async def stream_completion(
     sent = time.perf_counter()
     first: float | None = None
     tokens: int | None = None
-    async with session.post(f"{base_url}/v1/completions", data=orjson.dumps(body)) as resp:
+    url, headers = f"{base_url}/v1/completions", {"Content-Type": "application/json"}
+    async with session.post(url, data=orjson.dumps(body), headers=headers) as resp:
         if resp.status != 200:
             raise RuntimeError(f"HTTP {resp.status}: {(await resp.text())[:300]}")
         async for line in resp.content:

@@ -24,6 +24,7 @@ import aiohttp
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
+from vllm_control_plane.backends._timeout import bounded
 from vllm_control_plane.backends.base import (
     Backend,
     BackendEvent,
@@ -41,6 +42,10 @@ _WAITING = ("vllm:num_requests_waiting",)
 _KV_USAGE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 _PREFIX_QUERIES = ("vllm:prefix_cache_queries", "vllm:gpu_prefix_cache_queries")
 _PREFIX_HITS = ("vllm:prefix_cache_hits", "vllm:gpu_prefix_cache_hits")
+
+# Raised when the TCP connection is not established within ``Timeouts.connect`` (aiohttp >= 3.10;
+# older versions raise a generic timeout, reported as such).
+_CONNECT_TIMEOUT: type[BaseException] | None = getattr(aiohttp, "ConnectionTimeoutError", None)
 
 # Token ids below 256 exist in every byte-level BPE vocabulary, so a synthetic prompt of them has
 # exactly the requested length on any engine.
@@ -272,9 +277,11 @@ class OpenAIHTTPBackend(Backend):
         if budget is None:
             return await sending
         try:
-            return await asyncio.wait_for(sending, budget)
-        except asyncio.TimeoutError:
-            watchdog.first_token_expired()
+            async with bounded(budget):
+                return await sending
+        except asyncio.TimeoutError as exc:
+            if _CONNECT_TIMEOUT is None or not isinstance(exc, _CONNECT_TIMEOUT):
+                watchdog.first_token_expired()  # our bound, not aiohttp's connect timeout
             raise
 
     @staticmethod
@@ -327,11 +334,13 @@ class OpenAIHTTPBackend(Backend):
             if event is not None:
                 yield event
 
-    @staticmethod
-    def _failure(exc: BaseException, state: _StreamState, watchdog: _Watchdog) -> Failed:
+    def _failure(self, exc: BaseException, state: _StreamState, watchdog: _Watchdog) -> Failed:
         retryable = state.completion_tokens == 0
         if watchdog.fired:
             return Failed(watchdog.fired, retryable=retryable, kind="timeout")
+        if _CONNECT_TIMEOUT is not None and isinstance(exc, _CONNECT_TIMEOUT):
+            return Failed(f"connect timeout ({self.timeouts.connect:g} s)", retryable=True,
+                          kind="connect")  # fmt: skip
         if isinstance(exc, aiohttp.ClientConnectorError | ConnectionRefusedError):
             return Failed(f"cannot connect to engine: {exc}", retryable=True, kind="connect")
         if isinstance(exc, asyncio.TimeoutError):

@@ -40,6 +40,8 @@ async def run_attempt(
     got_token = False
     try:
         async for event in events:
+            if not core.is_live(rid):  # ended elsewhere (cancel, deadline) and the cancel of
+                return None  # this task got lost: stop reading, closing aborts the engine
             if isinstance(event, TokenChunk):
                 if not got_token:
                     got_token = True

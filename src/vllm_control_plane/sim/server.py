@@ -450,8 +450,8 @@ async def _until_cancelled() -> Any:
 
 
 # The malformed-frame fault: a chunk cut off in the middle of its JSON.
-MALFORMED_FRAME = b'data: {"id":"cmpl-malformed","object":"text_completion","choices":[{"text":"\n\n'
 MALFORMED_BODY = b'{"id":"cmpl-malformed","object":"text_completion","choices":[{"text":"'
+MALFORMED_FRAME = b"data: " + MALFORMED_BODY + b"\n\n"
 
 
 def _midstream_error() -> api.ApiError:

@@ -42,7 +42,15 @@ def meets_deadlines(rec: RequestRecord, pred: Prediction, now: float) -> bool:
     deadline, ttft_deadline = rec.deadline_at, rec.ttft_deadline_at
     if deadline is not None and now + pred.latency_ms / 1e3 > deadline:
         return False
+    if not meets_tpot(rec, pred):
+        return False
     return ttft_deadline is None or now + pred.ttft_ms / 1e3 <= ttft_deadline
+
+
+def meets_tpot(rec: RequestRecord, pred: Prediction) -> bool:
+    """Is the predicted time per output token within the request's TPOT SLO (if any)?"""
+    slo = rec.request.tpot_slo_ms
+    return slo is None or pred.tpot_ms <= slo
 
 
 def remaining_ms(rec: RequestRecord, now: float) -> tuple[float, float]:
@@ -63,7 +71,7 @@ def feasible(
     out = []
     for inst in instances:
         p = preds[inst.instance_id]
-        if p.latency_ms <= lat and p.ttft_ms <= ttft:
+        if p.latency_ms <= lat and p.ttft_ms <= ttft and meets_tpot(rec, p):
             out.append(inst)
     return out
 

@@ -1,0 +1,184 @@
+"""Security properties of the gateway, checked from outside: the admin token, tenant API keys,
+the body size limit, what reaches the logs, and that client headers cannot claim another
+tenant's identity or privileges."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from vllm_control_plane.config import parse_config
+from vllm_control_plane.gateway import Gateway, GatewayServer
+from vllm_control_plane.gateway import auth as auth_module
+
+ADMIN = "admin-secret-token-9f2c"
+KEY_ACME = "sk-acme-5b1e"
+KEY_GLOBEX = "sk-globex-77aa"
+PROMPT = "my very private prompt text 1234"
+
+
+def _config(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "admin": {"token": ADMIN},
+        "server": {"max_body_bytes": 4096},
+        "monitor": {"health_interval_s": 0.05, "scrape_interval_s": 0.05},
+        "tenants": [
+            {"name": "acme", "api_keys": [KEY_ACME], "max_priority": "normal",
+             "cost_budget": 0.01},
+            {"name": "globex", "api_keys": [KEY_GLOBEX]},
+        ],
+        "simulated": [{"name": "one", "model": "llama-3-8b", "time_scale": 0.02,
+                       "mean_output_tokens": 8.0}],
+    }  # fmt: skip
+    base.update(overrides)
+    return base
+
+
+@pytest.fixture
+async def gw(no_task_leaks: None) -> AsyncIterator[GatewayServer]:
+    server = GatewayServer(Gateway(parse_config(_config())), port=0)
+    await server.start()
+    yield server
+    await server.close()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def _chat(http, url: str, headers: dict[str, str], content: str = PROMPT):
+    body = {"model": "llama-3-8b", "max_tokens": 3,
+            "messages": [{"role": "user", "content": content}]}  # fmt: skip
+    async with http.post(url + "/v1/chat/completions", json=body, headers=headers) as r:
+        return r.status, await r.read()
+
+
+@pytest.mark.parametrize("path", ["/admin/status", "/admin/instances", "/admin/config"])
+async def test_admin_api_requires_its_token(gw, http, path: str) -> None:
+    for headers in ({}, _bearer("wrong"), _bearer(KEY_ACME), {"Authorization": ADMIN}):
+        async with http.get(gw.url + path, headers=headers) as r:
+            assert r.status == 401, headers
+    async with http.get(gw.url + path, headers=_bearer(ADMIN)) as r:
+        assert r.status == 200
+
+
+async def test_admin_mutations_are_refused_without_the_token(gw, http) -> None:
+    async with http.delete(gw.url + "/admin/instances/one") as r:
+        assert r.status == 401
+    async with http.put(gw.url + "/admin/policy", json={"scheduling_policy": "fifo"}) as r:
+        assert r.status == 401
+    assert [i.instance_id for i in gw.gateway.cp.get_instances()] == ["one"]
+
+
+async def test_admin_api_is_off_without_a_configured_token(http, monkeypatch) -> None:
+    monkeypatch.delenv("VCP_ADMIN_TOKEN", raising=False)
+    server = GatewayServer(Gateway(parse_config(_config(admin={}))), port=0)
+    await server.start()
+    try:
+        async with http.get(server.url + "/admin/status", headers=_bearer("")) as r:
+            assert r.status == 403
+    finally:
+        await server.close()
+
+
+def test_admin_token_is_compared_in_constant_time(monkeypatch) -> None:
+    calls: list[tuple[bytes, bytes]] = []
+    real = auth_module.hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(auth_module.hmac, "compare_digest", spy)
+    authn = auth_module.Authenticator(parse_config(_config()))
+    authn.check_admin(_bearer(ADMIN))
+    with pytest.raises(Exception, match="admin token"):
+        authn.check_admin(_bearer("x" * len(ADMIN)))
+    assert len(calls) == 2  # every check, good or bad, went through compare_digest
+
+
+async def test_tenant_keys_are_required_and_checked(gw, http) -> None:
+    assert (await _chat(http, gw.url, {}))[0] == 401
+    assert (await _chat(http, gw.url, _bearer("sk-nope")))[0] == 401
+    assert (await _chat(http, gw.url, _bearer(ADMIN)))[0] == 401  # admin token is no API key
+    async with http.get(gw.url + "/v1/models") as r:
+        assert r.status == 401
+    assert (await _chat(http, gw.url, _bearer(KEY_ACME)))[0] == 200
+
+
+async def test_headers_cannot_claim_another_tenant_or_more_privilege(gw, http) -> None:
+    forged = {
+        **_bearer(KEY_ACME),
+        "X-Tenant": "globex",
+        "X-Tenant-Id": "globex",
+        "X-Api-Key": KEY_GLOBEX,
+        "X-Priority": "critical",
+        "X-Cost-Budget": "1000",
+        "X-Request-Id": "forged-1",
+    }
+    status, _ = await _chat(http, gw.url, forged)
+    assert status == 200
+    meta = gw.gateway.cp.core.record("forged-1").request
+    assert meta.tenant == "acme"
+    assert meta.priority.name == "NORMAL"  # capped at acme's max_priority
+    assert meta.cost_budget == 0.01  # a header may lower the tenant's budget, not raise it
+    # a second Authorization header does not switch tenants either: the first one counts
+    body = {"model": "llama-3-8b", "max_tokens": 2, "messages": [{"role": "user", "content": "x"}]}
+    twice = [
+        ("Authorization", f"Bearer {KEY_ACME}"),
+        ("Authorization", f"Bearer {KEY_GLOBEX}"),
+        ("X-Request-Id", "forged-2"),
+    ]
+    async with http.post(gw.url + "/v1/chat/completions", json=body, headers=twice) as r:
+        assert r.status == 200
+    assert gw.gateway.cp.core.record("forged-2").request.tenant == "acme"
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_request_body_size_is_limited(gw, http, chunked: bool) -> None:
+    big = b'{"model":"llama-3-8b","prompt":"' + b"a" * 10_000 + b'","max_tokens":1}'
+
+    async def gen():  # type: ignore[no-untyped-def]
+        yield big
+
+    data = gen() if chunked else big
+    headers = {**_bearer(KEY_ACME), "Content-Type": "application/json"}
+    async with http.post(gw.url + "/v1/completions", data=data, headers=headers) as r:
+        assert r.status == 413
+        assert orjson.loads(await r.read())["error"]["code"] == "body_too_large"
+    assert gw.gateway.cp.core.counters().submitted == 0
+
+
+async def test_logs_carry_no_secrets_or_prompt_text(gw, http, caplog) -> None:
+    caplog.set_level(logging.DEBUG)  # the most a deployment could turn on
+    await _chat(http, gw.url, _bearer(KEY_ACME))
+    await _chat(http, gw.url, _bearer("sk-wrong-key-123"))
+    await _chat(http, gw.url, {**_bearer(KEY_GLOBEX), "X-Priority": "bogus"})
+    async with http.get(gw.url + "/admin/status", headers=_bearer("bad-admin-guess")) as r:
+        assert r.status == 401
+    sim = gw.gateway.fleet.server("one")
+    sim.set_faults(error_rate=1.0)  # engine errors are logged paths too
+    await _chat(http, gw.url, _bearer(KEY_ACME))
+    sim.set_faults(error_rate=0.0)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    for secret in (ADMIN, KEY_ACME, KEY_GLOBEX, "sk-wrong-key-123", "bad-admin-guess", PROMPT):
+        assert secret not in text
+
+
+async def test_config_views_do_not_reveal_secrets(gw, http) -> None:
+    async with http.get(gw.url + "/admin/config", headers=_bearer(ADMIN)) as r:
+        body = await r.read()
+    for secret in (ADMIN, KEY_ACME, KEY_GLOBEX):
+        assert secret.encode() not in body
+        assert secret not in repr(gw.gateway.config)
