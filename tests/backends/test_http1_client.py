@@ -4,7 +4,10 @@ the reference client), a scripted raw server for slow, broken and strange ones."
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
+import ssl
+import subprocess
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -108,6 +111,21 @@ async def test_sse_frames_match_aiohttp_byte_for_byte(
 async def test_chunked_body_read_whole(app_url: str, pool: ConnectionPool) -> None:
     resp = await pool.request("GET", app_url + "/sse/writes")
     assert await resp.read() == BODY
+
+
+async def test_big_body_pauses_reading_until_consumed(pool: ConnectionPool, wait_until) -> None:
+    big = bytes(range(256)) * (3 * 4096 + 7)  # ~3 MiB: more than the pause threshold
+
+    async def handler(conn: RawConn, request: bytes, n: int) -> None:
+        conn.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(big), big))
+
+    async with RawServer(handler) as srv:
+        resp = await pool.request("GET", srv.url + "/")
+        conn = resp._conn
+        assert conn is not None
+        await wait_until(lambda: conn._paused, what="reading paused while nobody reads")
+        assert await resp.read() == big
+        assert pool.num_idle == 1  # and the connection went back to the pool
 
 
 async def test_frames_trickled_byte_by_byte() -> None:
@@ -380,3 +398,48 @@ async def test_caller_closing_from_a_timer_ends_the_stream_quietly() -> None:
         assert got == FRAMES[:1] and resp.closed_early
         await asyncio.wait_for(srv.conns[0].closed, 5)
         await pool.close()
+
+
+# ------------------------------------------------------------------------------ TLS
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A throw-away self-signed certificate for 127.0.0.1 (made with the openssl CLI)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl CLI not available")
+    d = tmp_path_factory.mktemp("tls")
+    cert, key = str(d / "cert.pem"), str(d / "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+async def test_https_stream_and_keep_alive(tls_files: tuple[str, str]) -> None:
+    cert, key = tls_files
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    app = web.Application()
+    app.router.add_get("/sse", _sse_writes)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        pool = ConnectionPool(ssl_context=ssl.create_default_context(cafile=cert))
+        for _ in range(2):
+            resp = await pool.request("GET", f"https://127.0.0.1:{port}/sse")
+            assert [f async for f in resp.sse_frames()] == FRAMES
+        assert pool.connections_opened == 1
+        await pool.close()
+        untrusting = ConnectionPool()  # the system trust store does not know this certificate
+        with pytest.raises(ConnectError):
+            await untrusting.request("GET", f"https://127.0.0.1:{port}/sse")
+        await untrusting.close()
+    finally:
+        await runner.cleanup()

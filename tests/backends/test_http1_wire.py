@@ -186,7 +186,7 @@ class _FakeTransport:
 
 async def _through_connection(pieces: list[bytes]) -> tuple[list[bytes], ConnectionPool]:
     pool = ConnectionPool()
-    conn = _Connection(pool, ("h", 1))
+    conn = _Connection(pool, ("http", "h", 1))
     conn.connection_made(_FakeTransport())  # type: ignore[arg-type]
     resp = Response(pool.loop, None, None)
     conn.send(resp, b"GET / HTTP/1.1\r\n\r\n", no_body=False)

@@ -196,3 +196,18 @@ async def test_cancel_propagates_to_the_engine_queued_and_running(servers, make_
     assert backend.of("run")[0].end == "closed" and not backend.of("wait")
     assert_identity(cp)
     await assert_quiet(backend, [a])  # the engine aborted the running one
+
+
+async def test_stop_after_the_core_forgot_finished_requests(servers, make_cp) -> None:
+    (a,) = await servers(sim(1))
+    cp, backend = make_cp(limits=CoreLimits(history_size=2), result_history=50)
+    cp.register_instance(instance("a", a.port))
+    await cp.start()
+    ids = await submit_all(cp, [req(f"r{i}", max_tokens=2) for i in range(8)])
+    await results(cp, ids)
+    await cp.submit_request(req("live", max_tokens=LONG))
+    await wait_until(lambda: cp.core.status("live") is S.RUNNING)
+    await cp.stop()  # r0..r5 are gone from the core's history, their handles are not
+    assert (await cp.get_result("live")).status is S.CANCELLED
+    assert_identity(cp)
+    await assert_quiet(backend, [a])

@@ -18,6 +18,7 @@ from vllm_control_plane import ControlPlaneManager, RequestPriority, RequestStat
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(600)]
 
 LOW, URGENT = 16, 4
+LOW_PRIO, URGENT_PRIO = RequestPriority.LOW, RequestPriority.CRITICAL
 
 
 async def _burst(cp: ControlPlaneManager, tag: str) -> tuple[list[str], list[str], set[str]]:
@@ -25,11 +26,9 @@ async def _burst(cp: ControlPlaneManager, tag: str) -> tuple[list[str], list[str
     low = [f"{tag}-low-{i}" for i in range(LOW)]
     urgent = [f"{tag}-urgent-{i}" for i in range(URGENT)]
     for rid in low:
-        await cp.submit_request(fixed_length(rid, 48, prompt_tokens=32, priority=RequestPriority.LOW))
+        await cp.submit_request(fixed_length(rid, 48, prompt_tokens=32, priority=LOW_PRIO))
     for rid in urgent:
-        await cp.submit_request(
-            fixed_length(rid, 48, prompt_tokens=32, priority=RequestPriority.CRITICAL)
-        )
+        await cp.submit_request(fixed_length(rid, 48, prompt_tokens=32, priority=URGENT_PRIO))
     # LOW requests not yet dispatched once the last CRITICAL one was in the queue.
     still_queued = {rid for rid in low if cp.core.record(rid).scheduled_at is None}
     results = await wait_terminal(cp, low + urgent, timeout_s=300)

@@ -11,7 +11,7 @@ import asyncio
 
 import pytest
 from tests.vllm_support import SERVED_MODEL_NAME, VllmServer
-from tests.vllm_support.fleet import EngineCounters, instances, PATIENT_MONITOR, wait_terminal
+from tests.vllm_support.fleet import PATIENT_MONITOR, EngineCounters, instances, wait_terminal
 
 from vllm_control_plane import (
     ControlPlaneManager,

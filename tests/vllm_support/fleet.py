@@ -47,9 +47,7 @@ def instance_id(index: int) -> str:
     return f"vllm-{index}"
 
 
-def instances(
-    servers: Sequence[VllmServer], *, max_concurrent: int = 4
-) -> list[ExecutionInstance]:
+def instances(servers: Sequence[VllmServer], *, max_concurrent: int = 4) -> list[ExecutionInstance]:
     """One CPU instance per server, ids ``vllm-0``, ``vllm-1``, ..."""
     return [
         ExecutionInstance(
@@ -154,10 +152,12 @@ class EngineCounters:
     @classmethod
     async def scrape(cls, server: VllmServer, timeout_s: float = 60.0) -> EngineCounters:
         timeout = aiohttp.ClientTimeout(total=timeout_s)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            async with session.get(f"{server.base_url}/metrics") as resp:
-                assert resp.status == 200, resp.status
-                text = await resp.text()
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.get(f"{server.base_url}/metrics") as resp,
+        ):
+            assert resp.status == 200, resp.status
+            text = await resp.text()
         return cls(parse_metrics(text))
 
 

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator, Mapping
 
+from vllm_control_plane.backends._timeout import bounded
 from vllm_control_plane.backends.http1_wire import (
     MAX_HEAD,
     BodyDecoder,
@@ -42,10 +44,16 @@ __all__ = [
     "HTTPClientError",
     "ProtocolError",
     "Response",
+    "ResponseClosed",
     "ResponseTimeout",
 ]
 
 _HIGH_WATER = 1 << 20  # pause reading when this much body is buffered and not yet consumed
+
+
+class ResponseClosed(HTTPClientError):
+    """The reader closed the response before its end: ``read`` raises it, ``sse_frames`` just
+    stops."""
 
 
 class Response:
@@ -120,14 +128,23 @@ class Response:
     # ------------------------------------------------------------------ body
 
     async def read(self) -> bytes:
-        """The whole body. Raises if the connection fails before the end of the body."""
+        """The whole body. Raises if the connection fails (or the response is closed) before
+        the end of the body."""
         self._claim()
-        while not self.done:
+        parts: list[bytes] = []
+        while True:
+            if self._chunks:  # take them as they come, so flow control never stalls a big body
+                parts += self._chunks
+                self._chunks = []
+                if self._size >= _HIGH_WATER:
+                    self._resume()
+                self._size = 0
+            if self.done:
+                break
             await self._wait()
         if self.error is not None:
             raise self.error
-        chunks, self._chunks = self._chunks, []
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def sse_frames(self) -> AsyncIterator[bytes]:
         """Each complete SSE event as bytes, without its terminating blank line (``b"data: ..."``
@@ -137,11 +154,16 @@ class Response:
         self._claim()
         split = SSESplitter().feed
         while True:  # the hot loop: one pass per read, not per frame
-            if self._chunks:
-                for frame in split(self._take()):
+            chunks = self._chunks
+            if chunks:
+                self._chunks = []
+                if self._size >= _HIGH_WATER:
+                    self._resume()
+                self._size = 0
+                for frame in split(chunks[0] if len(chunks) == 1 else b"".join(chunks)):
                     yield frame
             elif self.done:
-                if self.error is not None and self.error is not _CLOSED:
+                if self.error is not None and not isinstance(self.error, ResponseClosed):
                     raise self.error
                 return
             else:
@@ -153,12 +175,9 @@ class Response:
             raise RuntimeError("the response body is already being read")
         self._consumed = True
 
-    def _take(self) -> bytes:
-        chunks, self._chunks = self._chunks, []
-        if self._size >= _HIGH_WATER and self._conn is not None:
+    def _resume(self) -> None:
+        if self._conn is not None:
             self._conn.resume()
-        self._size = 0
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def _wait(self) -> None:
         waiter = self._waiter = self._loop.create_future()
@@ -180,8 +199,13 @@ class Response:
     def _on_body(self, data: bytes) -> None:
         self._chunks.append(data)
         self._size += len(data)
-        if self._idle is not None or self._timer is not None:
-            self._note_read()
+        if self._idle is not None:
+            if self._last_read is None:
+                self._note_first_read()
+            else:
+                self._last_read = self._loop.time()
+        elif self._timer is not None:
+            self._note_first_read()
         if self._size >= _HIGH_WATER and self._conn is not None:
             self._conn.pause()
         waiter = self._waiter  # _wake(), inlined: this runs once per read
@@ -204,15 +228,14 @@ class Response:
 
     # ------------------------------------------------------------------ watchdog
 
-    def _note_read(self) -> None:
-        first_read = self._last_read is None
+    def _note_first_read(self) -> None:
+        """The first phase is over: from now on only the gaps between reads count."""
         self._last_read = now = self._loop.time()
-        if first_read:  # the first phase is over: from now on only gaps count
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            if self._idle is not None:
-                self._timer = self._loop.call_at(now + self._idle, self._watch)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._idle is not None:
+            self._timer = self._loop.call_at(now + self._idle, self._watch)
 
     def _watch(self) -> None:
         self._timer = None
@@ -240,13 +263,13 @@ class Response:
         """Stop reading. Before the end of the body this closes the connection (the server sees
         a disconnect); after it, nothing happens (the connection is already back in the pool)."""
         if not self.done:
-            self._fail(_CLOSED)
+            self._fail(ResponseClosed("the response was closed before its end"))
             self._chunks = []
 
     @property
     def closed_early(self) -> bool:
         """True when :meth:`close` cut the body short."""
-        return self.error is _CLOSED
+        return isinstance(self.error, ResponseClosed)
 
     async def __aenter__(self) -> Response:
         return self
@@ -255,17 +278,10 @@ class Response:
         self.close()
 
 
-class _Closed(HTTPClientError):
-    """Marks a response closed by its reader; never raised out of ``sse_frames``."""
-
-
-_CLOSED = _Closed("the response was closed")
-
-
 class _Connection(asyncio.Protocol):
     """One TCP connection: parses the head, then decodes the body into the current response."""
 
-    def __init__(self, pool: ConnectionPool, key: tuple[str, int]) -> None:
+    def __init__(self, pool: ConnectionPool, key: tuple[str, str, int]) -> None:
         self.pool = pool
         self.key = key
         self.transport: asyncio.Transport | None = None
@@ -407,12 +423,14 @@ class _Connection(asyncio.Protocol):
 class _Target:
     """A parsed URL: the pool key, the Host header value and the request target."""
 
-    __slots__ = ("host", "host_header", "key", "path", "port")
+    __slots__ = ("host", "host_header", "key", "path", "port", "tls")
 
     def __init__(self, url: str) -> None:
         scheme, sep, rest = url.partition("://")
-        if not sep or scheme.lower() != "http":
-            raise ValueError(f"only http:// URLs are supported, got {url!r}")
+        scheme = scheme.lower()
+        if not sep or scheme not in ("http", "https"):
+            raise ValueError(f"only http:// and https:// URLs are supported, got {url!r}")
+        self.tls = scheme == "https"
         authority, slash, path = rest.partition("/")
         self.path = ("/" + path if slash else "/").encode("latin-1")
         if authority.startswith("["):  # IPv6 literal
@@ -423,8 +441,8 @@ class _Target:
         if not host:
             raise ValueError(f"no host in {url!r}")
         self.host = host
-        self.port = int(port) if port else 80
-        self.key = (host, self.port)
+        self.port = int(port) if port else 443 if self.tls else 80
+        self.key = (scheme, host, self.port)
         self.host_header = authority.encode("ascii")
 
 
@@ -434,7 +452,8 @@ class ConnectionPool:
     ``max_idle_per_host`` bounds the idle connections kept per server (the oldest is closed
     when a newer one comes back); there is no bound on connections in use. An idle connection
     older than ``keepalive_expiry`` seconds is not reused (servers close idle connections:
-    uvicorn, and so vLLM, after 5 s). ``connect_timeout`` bounds each TCP connect."""
+    uvicorn, and so vLLM, after 5 s). ``connect_timeout`` bounds each TCP connect (and TLS
+    handshake: ``https://`` URLs use ``ssl_context``, by default the system's trust store)."""
 
     def __init__(
         self,
@@ -442,13 +461,15 @@ class ConnectionPool:
         max_idle_per_host: int = 64,
         connect_timeout: float | None = 5.0,
         keepalive_expiry: float = 4.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.max_idle_per_host = max_idle_per_host
         self.connect_timeout = connect_timeout
         self.keepalive_expiry = keepalive_expiry
+        self.ssl_context = ssl_context
         self.connections_opened = 0  # TCP connections made so far
-        self._idle: dict[tuple[str, int], list[_Connection]] = {}
+        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._open: set[_Connection] = set()
         self._targets: dict[str, _Target] = {}
         self._closed = False
@@ -460,7 +481,13 @@ class ConnectionPool:
 
     @property
     def num_idle(self) -> int:
+        """Connections waiting in the pool for the next request."""
         return sum(len(v) for v in self._idle.values())
+
+    @property
+    def num_in_use(self) -> int:
+        """Connections carrying a request or response right now."""
+        return self.num_open - self.num_idle
 
     async def request(
         self,
@@ -538,29 +565,39 @@ class ConnectionPool:
         self._targets[url] = target
         return target
 
-    def _reuse(self, key: tuple[str, int]) -> _Connection | None:
+    def _reuse(self, key: tuple[str, str, int]) -> _Connection | None:
         idle = self._idle.get(key)
-        if not idle:
-            return None
-        conn = idle.pop()
-        if self.loop.time() - conn.idle_since < self.keepalive_expiry:
-            return conn
-        # the most recent idle connection expired, so all the older ones did too
-        for stale in (conn, *idle):
-            stale.abort()
-        idle.clear()
+        while idle:
+            conn = idle.pop()
+            if conn.closed:  # aborted, its connection_lost not yet run
+                continue
+            if self.loop.time() - conn.idle_since < self.keepalive_expiry:
+                return conn
+            # the most recent idle connection expired, so all the older ones did too
+            for stale in (conn, *idle):
+                stale.abort()
+            idle.clear()
         return None
 
     async def _connect(self, target: _Target) -> _Connection:
         if self._closed:
             raise ConnectError("the connection pool is closed")
         conn = _Connection(self, target.key)
-        connecting = self.loop.create_connection(lambda: conn, target.host, target.port)
+        host, port = target.host, target.port
+        if target.tls:
+            if self.ssl_context is None:
+                self.ssl_context = ssl.create_default_context()
+            connecting = self.loop.create_connection(
+                lambda: conn, host, port, ssl=self.ssl_context, server_hostname=host
+            )
+        else:
+            connecting = self.loop.create_connection(lambda: conn, host, port)
         try:
             if self.connect_timeout is None:
                 await connecting
-            else:
-                await asyncio.wait_for(connecting, self.connect_timeout)
+            else:  # not wait_for: on 3.11 it can swallow a cancellation (see _timeout.py)
+                async with bounded(self.connect_timeout):
+                    await connecting
         except asyncio.TimeoutError:
             raise ConnectTimeout(
                 f"connect to {target.host}:{target.port} timed out ({self.connect_timeout:g} s)"

@@ -234,6 +234,16 @@ class BodyDecoder:
         if self._buf:
             data = self._buf + data
             self._buf = b""
+        elif self._state == _SIZE and not self._crlf:
+            # the usual read of an SSE stream: exactly one whole chunk, ``size CRLF data CRLF``
+            eol = data.find(b"\r\n", 0, 18)
+            if eol > 0 and data.endswith(b"\r\n"):
+                try:
+                    size = int(data[:eol], 16)
+                except ValueError:
+                    size = 0  # an extension or garbage: the general path decides
+                if size > 0 and len(data) == eol + size + 4:
+                    return data[eol + 2 : -2]
         out: list[bytes] = []
         pos, end = 0, len(data)
         while pos < end:

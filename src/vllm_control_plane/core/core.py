@@ -56,6 +56,7 @@ from vllm_control_plane.core.policies import (
     Verdict,
     get_policy,
 )
+from vllm_control_plane.core.predictions import PredictionCache, cacheable
 from vllm_control_plane.core.queue import ClassKey, RequestQueue
 from vllm_control_plane.types import (
     ExecutionInstance,
@@ -121,9 +122,15 @@ class ControlCore:
         self.limits = limits or CoreLimits()
         self.estimator: Estimator = estimator or RooflineEstimator()
         self._fleet = Fleet(self.limits)
-        self._ctx = PolicyContext(self.estimator, self.limits, self._serving)
+        # Policies and strategies the core builds read predictions through a cache that is
+        # exact for estimators promising to depend only on instance state (core/predictions.py).
+        self._predictions = (
+            PredictionCache(self.estimator, self._fleet) if cacheable(self.estimator) else None
+        )
+        deciding: Estimator = self._predictions or self.estimator
+        self._ctx = PolicyContext(deciding, self.limits, self._serving)
         self._policy: SchedulingPolicy = get_policy(policy, self._ctx)
-        self._routing_ctx = RoutingContext(estimator=self.estimator, rng=random.Random(seed))
+        self._routing_ctx = RoutingContext(estimator=deciding, rng=random.Random(seed))
         self._jitter_rng = random.Random(seed + 1)  # retry backoff jitter, apart from routing
         self._strategy = _strategy_from(strategy, self._routing_ctx)
         self._queue = RequestQueue(self._policy.order_key)
@@ -195,7 +202,7 @@ class ControlCore:
             self._forget_instance(instance_id)
         self._update_price_spread()
         self._queue.wake_all()
-        if inst.model_name not in self._fleet.models():
+        if not self._fleet.serves(inst.model_name):
             self._reject_orphans(inst.model_name, self._now)
         return running
 
@@ -318,11 +325,10 @@ class ControlCore:
         block_hashes: tuple[int, ...],
         hard_deadline: bool | None,
     ) -> RequestRecord:
-        models = self._fleet.models()
         self._seq += 1
         return RequestRecord(
             request=req,
-            model_name=req.model_name or (models[0] if models else ""),
+            model_name=req.model_name or self._fleet.default_model(),
             prompt_tokens=prompt_tokens,
             output_tokens=req.max_tokens or self.limits.default_output_tokens,
             submitted_at=now,
@@ -334,10 +340,10 @@ class ControlCore:
 
     def _admission(self, rec: RequestRecord, now: float) -> str | None:
         """Why ``rec`` cannot be queued, or None (may shed a lower-priority request)."""
-        served = self._fleet.models()
-        if not served:
-            return "no instances registered"
-        if rec.model_name not in served:
+        if not self._fleet.serves(rec.model_name):
+            served = self._fleet.models()
+            if not served:
+                return "no instances registered"
             return f"no instance serves model {rec.model_name!r}; served: {', '.join(served)}"
         hint = rec.request.parallelism_hint
         serving = self._fleet.serving(rec.model_name, hint)
@@ -710,8 +716,13 @@ class ControlCore:
         return rec
 
     def _calibrate(self, rec: RequestRecord, **observed: float) -> None:
+        if rec.prediction is None or rec.instance_id is None:
+            return
+        if self._predictions is not None:  # re-stamps the instance: its predictions changed
+            self._predictions.observe(rec.instance_id, rec.prediction, **observed)
+            return
         observe = getattr(self.estimator, "observe", None)
-        if observe is not None and rec.prediction is not None and rec.instance_id is not None:
+        if observe is not None:
             observe(rec.instance_id, rec.prediction, **observed)
 
     def _note_latency(self, rec: RequestRecord, now: float) -> None:
@@ -724,6 +735,7 @@ class ControlCore:
         inst.avg_latency_ms = (
             latency_ms if first else (1 - alpha) * inst.avg_latency_ms + alpha * latency_ms
         )
+        self._fleet.touch(inst.instance_id)  # a live field changed: cached predictions may not hold
 
     def _finish(self, rec: RequestRecord, status: RequestStatus, now: float, reason: str) -> None:
         """Terminal bookkeeping, exactly once per request."""

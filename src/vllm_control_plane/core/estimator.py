@@ -134,10 +134,16 @@ def _unbucket(b: int) -> int:
 class RooflineEstimator:
     """The default :class:`~vllm_control_plane.core.interfaces.Estimator`."""
 
+    # A prediction is a function of the token counts, the instance object's fields and the
+    # calibration, which changes only in observe/forget (each bumps ``calibration_epoch``):
+    # the core may reuse a prediction until the instance changes (core/predictions.py).
+    predictions_follow_instance_state = True
+
     def __init__(self, *, alpha: float = 0.2) -> None:
         if not 0 < alpha <= 1:
             raise ValueError("alpha must be in (0, 1]")
         self.alpha = alpha
+        self.calibration_epoch = 0  # bumped by every observe / forget
         self._perf_by_id: dict[str, tuple[ExecutionInstance, _Perf]] = {}
         self._calib: dict[str, _Calibration] = {}
         self._raw: dict[tuple[object, ...], tuple[float, float]] = {}
@@ -261,6 +267,7 @@ class RooflineEstimator:
         tpot_ms: float | None = None,
     ) -> None:
         """Fold an observed TTFT and/or TPOT into the instance's calibration ratios."""
+        self.calibration_epoch += 1
         calib = self._calib.setdefault(instance_id, _Calibration())
         if ttft_ms is not None and predicted.ttft_ms > 0 and ttft_ms > 0:
             calib.ttft = self._update(calib.ttft, ttft_ms / predicted.ttft_ms)
@@ -279,6 +286,7 @@ class RooflineEstimator:
         return (1.0, 1.0) if calib is None else (calib.ttft, calib.tpot)
 
     def forget(self, instance_id: str) -> None:
+        self.calibration_epoch += 1
         self._calib.pop(instance_id, None)
         self._perf_by_id.pop(instance_id, None)
 

@@ -26,7 +26,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from vllm_control_plane.config import ConfigError, ControlPlaneConfig
 from vllm_control_plane.gateway import admin, openai_routes
@@ -57,6 +57,20 @@ async def _error_envelope(request: web.Request, handler: Handler) -> web.StreamR
         log.exception("unhandled error on %s %s", request.method, request.path)
         err = GatewayError(500, "Internal error in the gateway (logged).", "internal_error")
         return err.response(_echo_id(request))
+
+
+async def _expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """``Expect: 100-continue`` gets its interim answer; any other expectation a 417 in the
+    error envelope. aiohttp runs this before the middlewares, and its default handler answers
+    in plain text — or with a 500 when the header holds non-ASCII bytes."""
+    expect = request.headers.get("Expect", "")
+    if request.version == HttpVersion11 and expect.lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the interim answer is not part of the response
+        return None
+    err = GatewayError(417, "Only `Expect: 100-continue` is supported.", "expectation_failed",
+                       err_type="ExpectationFailedError")  # fmt: skip
+    return err.response(_echo_id(request))
 
 
 def _echo_id(request: web.Request) -> dict[str, str]:
@@ -99,7 +113,22 @@ def build_app(gw: Gateway) -> web.Application:
     r.add_get("/openapi.json", _openapi)
     r.add_get("/dashboard", _dashboard)
     admin.add_routes(app)
+    # Last: everything no route matched (404 / 405), so that those too get our Expect handling.
+    r.add_route("*", "/{_unmatched:.*}", _unmatched)
+    for route in r.routes():  # aiohttp takes the handler only when a route is added
+        route._expect_handler = _expect_continue  # type: ignore[attr-defined]
     return app
+
+
+async def _unmatched(request: web.Request) -> web.StreamResponse:
+    """404, or 405 with ``Allow`` when the path exists under other methods."""
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource is not request.match_info.route.resource:
+            allowed |= (await resource.resolve(request))[1]
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+    raise web.HTTPNotFound()
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -169,9 +169,12 @@ async def _stream(
         await response.write(_tail(gw, creq, result, first.raw if first else b""))
         await response.write_eof()
         return response
-    except (asyncio.CancelledError, ConnectionResetError):
+    except asyncio.CancelledError:
         await _cancel(gw, rid)
         raise
+    except ConnectionResetError:  # the client hung up mid-stream: abort, nothing to answer
+        await _cancel(gw, rid)  # (raising here would log a spurious server error)
+        return response if response is not None else web.Response(status=499, reason="Gone")
     finally:
         await events.aclose()  # type: ignore[attr-defined]
 

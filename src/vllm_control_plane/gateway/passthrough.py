@@ -23,6 +23,7 @@ from vllm_control_plane.backends.base import (
     Finished,
     LoadSample,
 )
+from vllm_control_plane.runtime.probe import PROBE_PREFIX
 from vllm_control_plane.types import ExecutionInstance, RequestMetadata
 
 
@@ -50,6 +51,13 @@ class CapturingBackend(Backend):
     ) -> AsyncIterator[BackendEvent]:
         rid = request.request_id
         events = self.inner.generate(instance, request)
+        if rid.startswith(PROBE_PREFIX):  # the manager's health probes: nobody pops them
+            try:
+                async for event in events:
+                    yield event
+            finally:
+                await events.aclose()  # type: ignore[attr-defined]
+            return
         try:
             async for event in events:
                 if isinstance(event, Finished):

@@ -41,15 +41,16 @@ def price_bands(
     instances: Instances, preds: dict[str, Prediction], band: float = BAND
 ) -> list[list[ExecutionInstance]]:
     """Group ``instances`` by estimated cost, cheapest band first."""
-    ordered = sorted(instances, key=lambda i: preds[i.instance_id].cost_usd)
+    costs = [preds[i.instance_id].cost_usd for i in instances]
+    order = sorted(range(len(costs)), key=costs.__getitem__)  # stable: ties keep their order
     bands: list[list[ExecutionInstance]] = []
-    floor = 0.0
-    for inst in ordered:
-        cost = preds[inst.instance_id].cost_usd
-        if not bands or cost > floor * (1 + band):
+    ceiling = 0.0
+    for k in order:
+        cost = costs[k]
+        if not bands or cost > ceiling:
             bands.append([])
-            floor = cost
-        bands[-1].append(inst)
+            ceiling = cost * (1 + band)
+        bands[-1].append(instances[k])
     return bands
 
 
@@ -59,8 +60,9 @@ def cheapest_band(
     """Just the first band of :func:`price_bands` (no sort): what a request without SLO uses."""
     if not instances:
         return []
-    ceiling = min(preds[i.instance_id].cost_usd for i in instances) * (1 + band)
-    return [[i for i in instances if preds[i.instance_id].cost_usd <= ceiling]]
+    costs = [preds[i.instance_id].cost_usd for i in instances]
+    ceiling = min(costs) * (1 + band)
+    return [[i for i, cost in zip(instances, costs, strict=True) if cost <= ceiling]]
 
 
 class CostOptimizedPolicy(SchedulingPolicy):
@@ -73,18 +75,18 @@ class CostOptimizedPolicy(SchedulingPolicy):
         filtered = self.budget_filter(rec, cands)
         if not isinstance(filtered, tuple):
             return filtered
-        room_ids = {i.instance_id for i in filtered[0]}
         everywhere = cands.everywhere()
         preds = self.ctx.predict_all(rec, everywhere)
         budget = rec.request.cost_budget
-        usable = [
-            i for i in everywhere if budget is None or preds[i.instance_id].cost_usd <= budget
-        ]
+        usable = everywhere
+        if budget is not None:
+            usable = [i for i in everywhere if preds[i.instance_id].cost_usd <= budget]
         slo = has_deadline(rec)
         ok = feasible(rec, usable, preds, now) if slo else usable
         bands = price_bands(ok or usable, preds) if slo else cheapest_band(usable, preds)
         if not ok:
             bands = bands[:1]
+        room_ids = {i.instance_id for i in filtered[0]}
         tiers = tuple(tuple(i for i in b if i.instance_id in room_ids) for b in bands)
         if not any(tiers):
             wait_for = frozenset(i.instance_id for i in bands[0]) if bands else None

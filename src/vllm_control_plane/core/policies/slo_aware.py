@@ -68,10 +68,11 @@ def feasible(
 ) -> list[ExecutionInstance]:
     """The instances on which ``rec`` dispatched now is predicted to meet its deadlines."""
     lat, ttft = remaining_ms(rec, now)
+    tpot = rec.request.tpot_slo_ms  # read once: this loop runs over the whole fleet
     out = []
     for inst in instances:
         p = preds[inst.instance_id]
-        if p.latency_ms <= lat and p.ttft_ms <= ttft and meets_tpot(rec, p):
+        if p.latency_ms <= lat and p.ttft_ms <= ttft and (tpot is None or p.tpot_ms <= tpot):
             out.append(inst)
     return out
 

@@ -25,6 +25,7 @@ from vllm_control_plane.core.routing.load_balanced import LoadBalanced
 from vllm_control_plane.core.routing.locality import Locality
 from vllm_control_plane.core.routing.pow2_inflight import Pow2Inflight
 from vllm_control_plane.core.routing.power_of_two import PowerOfTwo
+from vllm_control_plane.core.routing.predictive import Predictive
 from vllm_control_plane.core.routing.prodstack_prefixaware import ProdstackPrefixAware
 from vllm_control_plane.core.routing.prodstack_session import ProdstackSession
 from vllm_control_plane.core.routing.random_pick import RandomPick
@@ -45,6 +46,7 @@ _CLASSES: tuple[type[RoutingStrategy], ...] = (
     PowerOfTwo,
     Affinity,
     Locality,
+    Predictive,
     # baselines (DESIGN §6)
     LeastRequest,
     Pow2Inflight,

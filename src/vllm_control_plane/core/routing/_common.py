@@ -145,8 +145,14 @@ def pick_min(
 ) -> tuple[ExecutionInstance, dict[str, float]]:
     """The lowest-cost candidate (first in candidate order on ties) and every candidate's cost."""
     costs = {c.instance_id: cost(c) for c in candidates}
-    best = min(candidates, key=lambda c: costs[c.instance_id])
-    return best, costs
+    return min_by_cost(candidates, costs), costs
+
+
+def min_by_cost(
+    candidates: Sequence[ExecutionInstance], costs: Mapping[str, float]
+) -> ExecutionInstance:
+    """The candidate whose cost in ``costs`` is lowest (the first in candidate order on ties)."""
+    return min(candidates, key=lambda c: costs[c.instance_id])
 
 
 class LastBlocks:

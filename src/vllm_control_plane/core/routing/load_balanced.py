@@ -25,6 +25,7 @@ from vllm_control_plane.core.interfaces import (
 from vllm_control_plane.core.routing._common import (
     InflightTokens,
     drain_time,
+    min_by_cost,
     minmax_scores,
     pick_min,
 )
@@ -41,11 +42,16 @@ class LoadBalanced(RoutingStrategy):
     def select(self, req: RouteRequest, candidates: Sequence[ExecutionInstance]) -> RouteChoice:
         estimator = self.context.estimator
         if estimator is not None:
-            predictions = {
-                c.instance_id: estimator.predict(c, req.prompt_tokens, req.output_tokens)
-                for c in candidates
-            }
-            best, costs = pick_min(candidates, lambda c: predictions[c.instance_id].latency_ms)
+            many = getattr(estimator, "predict_many", None)  # batched (and cached in the core)
+            if many is not None:
+                predictions = many(candidates, req.prompt_tokens, req.output_tokens)
+            else:
+                predictions = {
+                    c.instance_id: estimator.predict(c, req.prompt_tokens, req.output_tokens)
+                    for c in candidates
+                }
+            costs = {iid: p.latency_ms for iid, p in predictions.items()}
+            best = min_by_cost(candidates, costs)
             p = predictions[best.instance_id]
             reason = (
                 f"lowest predicted latency {p.latency_ms:.0f} ms "

@@ -1,0 +1,103 @@
+"""``predictive``: lowest predicted latency, with the prefill queue it has built itself in view.
+
+Why: vLLM prefills FCFS, so a request's TTFT on an instance is the prefill work already queued
+there plus its own. Scraped ``num_requests_waiting`` lags by a scrape interval, and a router
+that leans on it herds: every request goes to the instance that *looked* idle until the next
+scrape says otherwise (``load_balanced`` with an estimator does this under load). This strategy
+keeps an exact, pure model of the backlog instead.
+
+How it works, per candidate ``i``:
+
+* **Prefill backlog** — a virtual FCFS prefill queue in time units: when a request is sent to
+  ``i`` at ``t``, ``free_at[i] = max(t, free_at[i]) + prefill_s``; the backlog a new request
+  faces is ``max(0, free_at[i] − now)``. Errors never accumulate: the backlog drains with time.
+* **Prefill time** — the estimator's TTFT on an idle instance (``predict_floor``, calibrated
+  online by observed TTFTs) for the prompt tokens *not* expected in ``i``'s prefix cache: a
+  :class:`~vllm_control_plane.core.prefix_index.PrefixIndex` of the blocks sent to each instance
+  gives the longest cached prefix, as in ``locality``. Cached tokens cost nothing, so prefix
+  reuse and load are traded in one currency, seconds — no ad-hoc load bound.
+* **Decode** — the estimator's TPOT at the instance's current batch × (expected output − 1).
+
+Cost = backlog + prefill + decode; the lowest wins (first candidate on ties). Without an
+estimator in the context it uses a default :class:`~vllm_control_plane.core.estimator.
+RooflineEstimator` (uncalibrated). Scores: min-max of the costs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from vllm_control_plane.core.estimator import RooflineEstimator
+from vllm_control_plane.core.interfaces import (
+    Estimator,
+    RouteChoice,
+    RouteRequest,
+    RoutingContext,
+    RoutingStrategy,
+)
+from vllm_control_plane.core.prefix_index import DEFAULT_BLOCKS_PER_INSTANCE, PrefixIndex
+from vllm_control_plane.core.routing._common import LastBlocks, minmax_scores
+from vllm_control_plane.core.routing.locality import request_blocks
+from vllm_control_plane.types import ExecutionInstance
+
+BLOCK_TOKENS = 16  # the block size of RouteRequest.block_hashes
+
+
+class Predictive(RoutingStrategy):
+    name = "predictive"
+
+    def __init__(
+        self,
+        context: RoutingContext | None = None,
+        *,
+        blocks_per_instance: int = DEFAULT_BLOCKS_PER_INSTANCE,
+    ) -> None:
+        super().__init__(context)
+        self.estimator: Estimator = self.context.estimator or RooflineEstimator()
+        self.index = PrefixIndex(blocks_per_instance)
+        self._free_at: dict[str, float] = {}
+        self._blocks = LastBlocks(request_blocks)
+        self._prefill: dict[str, float] = {}  # the last select's prefill seconds per candidate
+
+    def _prefill_s(self, inst: ExecutionInstance, tokens: int, output: int) -> float:
+        floor = getattr(self.estimator, "predict_floor", None)
+        predict = floor or self.estimator.predict
+        return float(predict(inst, max(1, tokens), output).ttft_ms) / 1e3
+
+    def select(self, req: RouteRequest, candidates: Sequence[ExecutionInstance]) -> RouteChoice:
+        blocks = self._blocks(req)
+        by_id = {c.instance_id: c for c in candidates}
+        depth = self.index.match(blocks, by_id) if blocks else {}
+        out = req.output_tokens
+        costs: dict[str, float] = {}
+        self._prefill = {}
+        for c in candidates:
+            iid = c.instance_id
+            cached = min(depth.get(iid, 0) * BLOCK_TOKENS, req.prompt_tokens - 1)
+            prefill = self._prefill_s(c, req.prompt_tokens - cached, out)
+            backlog = max(0.0, self._free_at.get(iid, req.now) - req.now)
+            tpot = self.estimator.predict(c, req.prompt_tokens, out).tpot_ms / 1e3
+            self._prefill[iid] = prefill
+            costs[iid] = backlog + prefill + tpot * max(0, out - 1)
+        best = min(candidates, key=lambda c: costs[c.instance_id]).instance_id
+        hit = depth.get(best, 0)
+        reason = (
+            f"lowest predicted latency {costs[best] * 1e3:.0f} ms "
+            f"(prefill backlog {max(0.0, self._free_at.get(best, req.now) - req.now) * 1e3:.0f} ms"
+            f", {hit}/{len(blocks)} prompt blocks cached) among {len(candidates)}"
+        )
+        return RouteChoice(best, reason, minmax_scores(costs))
+
+    def on_dispatch(self, req: RouteRequest, instance_id: str) -> None:
+        prefill = self._prefill.get(instance_id)
+        if prefill is None:  # dispatched without our select (e.g. after a live switch)
+            prefill = 0.0
+        start = max(req.now, self._free_at.get(instance_id, req.now))
+        self._free_at[instance_id] = start + prefill
+        blocks = self._blocks(req)
+        if blocks:
+            self.index.insert(instance_id, blocks)
+
+    def on_instance_removed(self, instance_id: str) -> None:
+        self._free_at.pop(instance_id, None)
+        self.index.remove_instance(instance_id)
