@@ -131,6 +131,7 @@ async def trial(fault: str, outage: float, rate: float, scale: float) -> Trial:
         out.ejected_by = ",".join(cp.rotation.reasons("a"))
         await asyncio.sleep(max(outage - (out.eject_s or outage), 0.0))
         _recover(a, fault)
+        await _wait_for(lambda: a.ready, 30.0)  # "refused": the port is bound again
         out.readmit_s = await _wait_for(lambda: cp.rotation.in_rotation("a"), 30.0)
         stop.set()
         await loader

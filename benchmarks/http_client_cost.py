@@ -6,8 +6,10 @@ one answers streams at once (Content-Length body), one sends each SSE frame as i
 ``--itl-ms`` apart (chunked, as vLLM does). This process drives them with each client in turn —
 the way the gateway's backend does: POST, then read the JSON body, or read the SSE body
 (aiohttp: line by line, as ``openai_http.py`` does; http1: ``sse_frames()``). The figure is this
-process's CPU time (user + system, and user alone) divided by the requests completed; rounds
-alternate the clients and the median is reported, so both see the same machine load.
+process's CPU time (user + system) divided by the requests completed; rounds alternate the
+clients and the median is reported, so all see the same machine load. A third, "floor" client —
+a bare protocol that only finds the end of each response — shows what any asyncio client pays
+for sockets, wake-ups and syscalls; "above the floor" compares what the two clients add to it.
 
     python benchmarks/http_client_cost.py [--rounds 3] [--scale 1.0] [--parsers]
 
@@ -20,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import resource
 import socket
 import statistics
 import subprocess
@@ -81,7 +82,7 @@ def aiohttp_run(session: aiohttp.ClientSession, url: str, stream: bool) -> Run:
     async def run() -> int:
         async with session.post(url, data=body, headers=HEADERS) as resp:
             if not stream:
-                return len(await resp.read())
+                return (await resp.read()).count(b" tok")
             n = 0
             async for line in resp.content:  # as openai_http.py reads the engine's stream
                 if line.startswith(b"data:"):
@@ -97,7 +98,7 @@ def http1_run(pool: ConnectionPool, url: str, stream: bool) -> Run:
     async def run() -> int:
         resp = await pool.request("POST", url, body, HEADERS, first_timeout=60, idle_timeout=60)
         if not stream:
-            return len(await resp.read())
+            return (await resp.read()).count(b" tok")
         n = 0
         async for frame in resp.sse_frames():
             if frame.startswith(b"data:"):
@@ -107,10 +108,65 @@ def http1_run(pool: ConnectionPool, url: str, stream: bool) -> Run:
     return run
 
 
-async def measure(run: Run, requests: int, concurrency: int) -> tuple[float, float, int]:
-    """(CPU µs per request, of which user-space µs, output of the last request)."""
-    for _ in range(min(concurrency, 8)):
-        await run()  # warm the pool
+class _Bare(asyncio.Protocol):
+    """The floor: a bare protocol that only finds where the response ends (no parsing, no
+    frames). What any asyncio client pays for the socket, the wake-ups and the syscalls."""
+
+    def __init__(self) -> None:
+        self.done: asyncio.Future[None] | None = None
+        self.head = b""
+        self.left: int | None = None  # body bytes still due; -1 for a chunked body
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.left is None:
+            self.head += data
+            end = self.head.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            lower = self.head[:end].lower()
+            i = lower.find(b"content-length:")
+            self.left = int(lower[i + 15 :].split(b"\r\n")[0]) if i >= 0 else -1
+            data = self.head[end + 4 :]
+            self.head = b""
+        if self.left >= 0:
+            self.left -= len(data)
+            finished = self.left <= 0
+        else:
+            finished = data.endswith(b"0\r\n\r\n")
+        if finished and self.done is not None:
+            self.left = None
+            self.done.set_result(None)
+
+
+def bare_run(url: str, stream: bool) -> Run:
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    body = _body(stream)
+    wire = b"POST /v1/chat/completions HTTP/1.1\r\nHost: %s:%s\r\nContent-Length: %d\r\n\r\n%s" % (
+        host.encode(), port.encode(), len(body), body
+    )  # fmt: skip
+    idle: list[_Bare] = []
+
+    async def run() -> int:
+        loop = asyncio.get_running_loop()
+        if idle:
+            conn = idle.pop()
+        else:
+            _, conn = await loop.create_connection(_Bare, host, int(port))
+        conn.done = loop.create_future()
+        conn.transport.write(wire)
+        await conn.done
+        idle.append(conn)
+        return -1
+
+    return run
+
+
+async def measure(run: Run, requests: int, concurrency: int) -> tuple[float, int]:
+    """(CPU µs per request, output of the last request)."""
+    await asyncio.gather(*(run() for _ in range(concurrency)))  # open the connections
     left = requests
     out = 0
 
@@ -120,12 +176,9 @@ async def measure(run: Run, requests: int, concurrency: int) -> tuple[float, flo
             left -= 1
             out = await run()
 
-    before = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = time.process_time()  # user + system of this process, all threads
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    user = after.ru_utime - before.ru_utime
-    total = user + after.ru_stime - before.ru_stime
-    return total / requests * 1e6, user / requests * 1e6, out
+    return (time.process_time() - cpu) / requests * 1e6, out
 
 
 CASES = [  # (name, stream, chunked backend, requests at c=1, requests at c=64)
@@ -144,19 +197,21 @@ async def run_all(args: argparse.Namespace, urls: dict[bool, str]) -> list[list[
             url = urls[chunked] + "/v1/chat/completions"
             for conc, n in ((1, n1), (64, n64)):
                 n = max(int(n * args.scale), conc)
-                ours, theirs = [], []
+                ours, theirs, floors = [], [], []
+                bare = bare_run(url, stream)
                 for _ in range(args.rounds):
-                    *a, got_a = await measure(aiohttp_run(session, url, stream), n, conc)
-                    *b, got_b = await measure(http1_run(pool, url, stream), n, conc)
+                    a, got_a = await measure(aiohttp_run(session, url, stream), n, conc)
+                    b, got_b = await measure(http1_run(pool, url, stream), n, conc)
+                    f, _ = await measure(bare, n, conc)
                     assert got_a == got_b, (got_a, got_b)  # both read the same answer
                     theirs.append(a)
                     ours.append(b)
-                a, au = (statistics.median(x) for x in zip(*theirs, strict=True))
-                b, bu = (statistics.median(x) for x in zip(*ours, strict=True))
+                    floors.append(f)
+                a, b, f = (statistics.median(x) for x in (theirs, ours, floors))
+                above = f"{(a - f) / (b - f):.1f}×" if b > f else "–"
                 rows.append(
-                    [name, str(conc), f"{a:.0f} ({au:.0f})", f"{b:.0f} ({bu:.0f})", f"{a / b:.1f}×",
-                     f"{au / bu:.1f}×"]
-                )  # fmt: skip
+                    [name, str(conc), f"{f:.0f}", f"{a:.0f}", f"{b:.0f}", f"{a / b:.1f}×", above]
+                )
                 print(" | ".join(rows[-1]), flush=True)
     finally:
         await session.close()
@@ -261,8 +316,8 @@ def main() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     with backend(args.tokens, 0.0) as plain, backend(args.tokens, args.itl_ms) as chunked:
         rows = asyncio.run(run_all(args, {False: plain, True: chunked}))
-    head = ["case", "concurrency", "aiohttp CPU µs/req (user)", "http1 CPU µs/req (user)",
-            "aiohttp / http1", "user only"]  # fmt: skip
+    head = ["case", "concurrency", "floor µs/req", "aiohttp µs/req", "http1 µs/req",
+            "aiohttp / http1", "above the floor"]  # fmt: skip
     print("\n" + _table(head, rows))
     if args.parsers:
         prow = parser_rows(args.tokens)

@@ -238,32 +238,43 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60
 
 def workload_points(args: argparse.Namespace) -> list[WorkloadPoint]:
     return [
-        WorkloadPoint(p, c, max(args.min_requests, args.rounds * c), args.max_tokens)
+        WorkloadPoint(p, c, max(args.min_requests, args.rounds * c), args.max_tokens, args.ramp_s)
         for p in args.prompts
         for c in args.concurrency
     ]
 
 
 async def run_sides(urls: dict[str, str], args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Every point on every side, alternating sides point by point."""
+    """Every point on every side, alternating sides point by point; ``repeats`` sweeps, each
+    row the median over them (raw sweeps kept under ``"sweeps"``)."""
     vocab = TinyModelSpec().vocab_size
     timeout = aiohttp.ClientTimeout(total=900)
-    rows = []
+    points = workload_points(args)
+    sweeps: list[list[dict[str, Any]]] = [[] for _ in points]
     async with aiohttp.ClientSession(
         timeout=timeout, connector=aiohttp.TCPConnector(limit=0)
     ) as session:
         for url in urls.values():  # warm-up: lazy initialisation, first-request costs
             warm = WorkloadPoint(64, 4, 8, 16)
             await run_point(session, url, SERVED_MODEL_NAME, warm, random.Random(0), vocab)
-        for point in workload_points(args):
-            row: dict[str, Any] = {}
-            for side, url in urls.items():
-                rng = random.Random(args.seed)  # both sides get the same prompts
-                result = await run_point(session, url, SERVED_MODEL_NAME, point, rng, vocab)
-                row[side] = result.summary()
-            rows.append(row)
-            print(format_row(row), flush=True)
-    return rows
+        for sweep in range(args.repeats):
+            for k, point in enumerate(points):
+                row: dict[str, Any] = {}
+                for side, url in urls.items():
+                    rng = random.Random(args.seed + sweep)  # both sides get the same prompts
+                    result = await run_point(session, url, SERVED_MODEL_NAME, point, rng, vocab)
+                    row[side] = result.summary()
+                sweeps[k].append(row)
+                print(format_row(row), flush=True)
+    return [median_row(rows) for rows in sweeps]
+
+
+def median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per side, the median of every figure over the sweeps."""
+    out: dict[str, Any] = {"sweeps": rows}
+    for side in rows[0]:
+        out[side] = {k: float(np.median([r[side][k] for r in rows])) for k in rows[0][side]}
+    return out
 
 
 def ratio(sim: float, real: float) -> str:
@@ -272,7 +283,7 @@ def ratio(sim: float, real: float) -> str:
 
 def format_row(row: dict[str, Any]) -> str:
     r, s = row["real"], row["sim"]
-    cells = [str(r["prompt_tokens"]), str(r["concurrency"])]
+    cells = [str(int(r["prompt_tokens"])), str(int(r["concurrency"]))]
     for key, fmt in (("ttft_ms_mean", ".1f"), ("tpot_ms_mean", ".2f"), ("throughput_tok_s", ".0f")):
         cells += [format(r[key], fmt), format(s[key], fmt), ratio(s[key], r[key])]
     for key in ("server_ttft_ms_mean", "server_itl_ms_mean"):
@@ -295,6 +306,9 @@ def compare(args: argparse.Namespace) -> None:
     with VllmServer(venv, config) as real, sim_server(free_ports(1)[0]) as sim_url:
         print(TABLE_HEAD, flush=True)
         rows = asyncio.run(run_sides({"real": real.base_url, "sim": sim_url}, args))
+    print(f"median over {args.repeats} sweep(s):\n{TABLE_HEAD}")
+    for row in rows:
+        print(format_row(row))
     report = {
         "meta": {
             "command": " ".join(["python benchmarks/sim_fidelity.py", *sys.argv[1:]]),
@@ -330,7 +344,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         q.add_argument("--max-tokens", type=int, default=128)
         q.add_argument("--rounds", type=int, default=4, help="requests per client per point")
         q.add_argument("--min-requests", type=int, default=16)
+        q.add_argument("--ramp-s", type=float, default=0.5, help="spread of the clients' starts")
         q.add_argument("--seed", type=int, default=7)
+        q.add_argument("--repeats", type=int, default=3, help="sweeps; the median is reported")
         q.add_argument("--out", type=Path, default=RESULTS / "sim_fidelity.json")
     return p.parse_args(argv)
 

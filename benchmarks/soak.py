@@ -33,6 +33,7 @@ import logging
 import random
 import sys
 import time
+import tracemalloc
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -235,6 +236,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     stop = asyncio.Event()
     injector = asyncio.create_task(inject_faults(gw, args, stop, faults))
     rss: list[tuple[int, float]] = [(0, rss_mib())]
+    marks: list[tracemalloc.Snapshot] = []
     started = time.monotonic()
     connector = aiohttp.TCPConnector(limit=args.concurrency)
     async with aiohttp.ClientSession(connector=connector) as http:
@@ -246,11 +248,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await client.one(i, args.client_timeout)
                 if tally.done % 2000 == 0:
                     rss.append((tally.done, rss_mib()))
+                    if args.tracemalloc and tally.done == args.warmup:
+                        tracemalloc.start()
+                        marks.append(tracemalloc.take_snapshot())
                     print(f"  {tally.done} requests, {time.monotonic() - started:.0f} s, "
                           f"RSS {rss[-1][1]:.0f} MiB", flush=True)  # fmt: skip
 
         await asyncio.gather(*(worker() for _ in range(args.concurrency)))
     elapsed = time.monotonic() - started
+    if marks:
+        _print_growth(marks[0], tracemalloc.take_snapshot())
     stop.set()
     await injector
     await _settle(gw)
@@ -262,6 +269,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     report["checks"]["no task left after close"] = left == 0
     report["ok"] = all(report["checks"].values())
     return report
+
+
+def _print_growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot) -> None:
+    """Where Python memory grew after the warm-up (``--tracemalloc``)."""
+    print("top allocation growth since the warm-up:")
+    for stat in after.compare_to(before, "lineno")[:12]:
+        print(f"  {stat.size_diff / 1024:+9.0f} KiB  {stat.count_diff:+7d}  {stat.traceback}")
 
 
 async def _settle(gw: Gateway) -> None:
@@ -316,12 +330,13 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--instances", type=int, default=4)
     ap.add_argument("--per-instance", type=int, default=8, help="max_concurrent_requests")
-    ap.add_argument("--max-queued", type=int, default=48)
+    ap.add_argument("--max-queued", type=int, default=24)
     ap.add_argument("--time-scale", type=float, default=0.01)
     ap.add_argument("--fault-every", type=float, default=2.0, help="mean seconds between faults")
     ap.add_argument("--client-timeout", type=float, default=60.0)
     ap.add_argument("--warmup", type=int, default=2000, help="requests before the RSS baseline")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tracemalloc", action="store_true", help="print where memory grew")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     try:

@@ -70,7 +70,7 @@ preflight() {
   grep -qw avx2 /proc/cpuinfo || cannot_install "the CPU has no AVX2"
   command -v "$PY" >/dev/null || cannot_install "no interpreter '$PY' (set VLLM_PYTHON)"
   "$PY" -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 14))' ||
-    cannot_install "needs Python 3.11-3.14, '$PY' is $("$PY" -V 2>&1) (set VLLM_PYTHON)"
+    cannot_install "needs Python 3.11-3.14, '$PY' is not (set VLLM_PYTHON)"
   local parent free_kb mem_kb
   parent="$(dirname "$VENV")"
   mkdir -p "$parent"

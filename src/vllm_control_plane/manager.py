@@ -30,20 +30,19 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
-from vllm_control_plane.backends.base import Backend, Failed, Finished, LoadSample
+from vllm_control_plane.backends.base import Backend, LoadSample
 from vllm_control_plane.backends.openai_http import OpenAIHTTPBackend
 from vllm_control_plane.core.core import ControlCore, CoreLimits, Dispatch
 from vllm_control_plane.core.estimator import RooflineEstimator
 from vllm_control_plane.core.lifecycle import RequestRecord
 from vllm_control_plane.core.load_balancer import LoadBalancer
-from vllm_control_plane.runtime.circuit import CircuitBreakers, CircuitConfig, blames_instance
+from vllm_control_plane.runtime.circuit import CircuitConfig
+from vllm_control_plane.runtime.detection import FailureDetector
 from vllm_control_plane.runtime.execution import Outcome, run_attempt
 from vllm_control_plane.runtime.handles import RequestHandle, RequestResult
 from vllm_control_plane.runtime.monitor import FleetMonitor, MonitorConfig
-from vllm_control_plane.runtime.probe import probe_instance
 from vllm_control_plane.runtime.prompts import prepare_prompt
 from vllm_control_plane.runtime.retry_budget import RetryBudget, RetryBudgetConfig
-from vllm_control_plane.runtime.rotation import Rotation
 from vllm_control_plane.types import (
     ExecutionInstance,
     PerformanceMetrics,
@@ -110,13 +109,16 @@ class ControlPlaneManager:
         self.backend: Backend = backend or OpenAIHTTPBackend()
         self.enable_monitoring = enable_monitoring
         self.drain_timeout_s = drain_timeout_s
-        self.breakers = CircuitBreakers(circuit_config)
         self.retry_budget = RetryBudget(retry_budget)
-        self.rotation = Rotation()
+        self.detector = FailureDetector(
+            self.core, self.backend, self._now, self._kick, circuit_config
+        )
+        self.breakers = self.detector.breakers  # per-instance circuit breakers
+        self.rotation = self.detector.rotation  # why instances are out of rotation
         self._monitor = FleetMonitor(
             self.backend,
             self.get_instances,
-            self._on_health,
+            self.detector.on_health,
             self._on_load,
             monitor_config,
         )
@@ -177,9 +179,12 @@ class ControlPlaneManager:
 
     # ------------------------------------------------------------------ instances
     def register_instance(self, instance: ExecutionInstance) -> None:
-        """Add an engine server to the fleet (duplicate id → ValueError)."""
+        """Add an engine server to the fleet (duplicate id → ValueError). It starts in
+        rotation; the detectors take it out if it is not well."""
         self.core.add_instance(instance)
         self._forget_detectors(instance.instance_id)
+        if not instance.is_healthy:  # e.g. re-registered after an ejection
+            self.core.set_health(instance.instance_id, True, self._now_or_zero())
         self._kick()
 
     def unregister_instance(self, instance_id: str) -> None:
@@ -195,8 +200,7 @@ class ControlPlaneManager:
 
     def _forget_detectors(self, instance_id: str) -> None:
         self._monitor.tracker.forget(instance_id)
-        self.breakers.forget(instance_id)
-        self.rotation.forget(instance_id)
+        self.detector.forget(instance_id)
 
     async def _drain(self, instance_id: str, request_ids: list[str]) -> None:
         tasks = [t for rid in request_ids if (t := self._task_of(rid)) is not None]
@@ -378,8 +382,8 @@ class ControlPlaneManager:
 
     def _dispatch_round(self, now: float) -> None:
         self.core.expire(now)  # handles finish through on_terminal
-        for iid in self.breakers.due_probes(now):
-            self._spawn(self._probe(iid))
+        for probe in self.detector.due_probes(now):
+            self._spawn(probe)
         for dispatch in self.core.next_dispatches(now):
             handle = self._handles.get(dispatch.request_id)
             if handle is None:  # evicted from history while queued: cannot happen, guard
@@ -394,23 +398,29 @@ class ControlPlaneManager:
         outcome: Outcome = None
         deadline: asyncio.TimerHandle | None = None
         try:
-            instance = self.core.instance(iid)
+            if not self.detector.registered(iid):  # removed between decision and start
+                self._fail_if_live(rid, f"instance {iid} was removed before the request started",
+                                   retryable=True)  # fmt: skip
+                return
             if not self.core.on_started(rid, self._now()):
                 return  # cancelled between the decision and the start
             deadline = self._arm_deadline(rid)
             outcome = await run_attempt(
-                self.core, self.backend, instance, dispatch, handle, self._now, self.retry_budget
+                self.core,
+                self.backend,
+                self.core.instance(iid),
+                dispatch,
+                handle,
+                self._now,
+                self.retry_budget,
             )
-        except KeyError:  # the instance was removed between the decision and the start
-            self._fail_if_live(rid, f"instance {iid} was removed before the request started",
-                               retryable=True)  # fmt: skip
         except Exception as exc:  # a backend or bookkeeping bug: end the request, visibly
             log.exception("request %s: attempt on %s crashed", rid, iid)
             self._fail_if_live(rid, f"internal error: {type(exc).__name__}", retryable=False)
         finally:
             if deadline is not None:
                 deadline.cancel()
-            self._report_attempt(iid, outcome)
+            self.detector.on_attempt(iid, outcome)
             self._kick()
 
     def _fail_if_live(self, rid: str, error: str, *, retryable: bool) -> None:
@@ -433,47 +443,9 @@ class ControlPlaneManager:
             task.cancel()  # closing the stream aborts the engine request
         self._kick()
 
-    # ------------------------------------------------------------------ failure detection
-    def _report_attempt(self, instance_id: str, outcome: Outcome) -> None:
-        """Feed the instance's circuit breaker with how the attempt ended."""
-        if outcome is None or not self._registered(instance_id):
-            return
-        if isinstance(outcome, Finished):
-            self.breakers.record_success(instance_id)
-        elif (
-            isinstance(outcome, Failed)
-            and blames_instance(outcome.kind, outcome.status)
-            and self.breakers.record_failure(instance_id, self._now())
-        ):
-            log.warning(
-                "instance %s: circuit opened after %d consecutive failures (last: %s)",
-                instance_id, self.breakers.config.failure_threshold, outcome.kind,
-            )  # fmt: skip
-            self._set_out(instance_id, "circuit", True)
-
-    async def _probe(self, instance_id: str) -> None:
-        if not self._registered(instance_id):
-            return
-        instance = self.core.instance(instance_id)
-        ok = await probe_instance(self.backend, instance, self.breakers.config.probe_timeout_s)
-        if self.breakers.probe_result(instance_id, ok, self._now()) and self._registered(
-            instance_id
-        ):
-            log.warning("instance %s: probe succeeded, circuit closed", instance_id)
-            self._set_out(instance_id, "circuit", False)
-
-    def _on_health(self, instance_id: str, healthy: bool) -> None:
-        if self._registered(instance_id):
-            self._set_out(instance_id, "health", not healthy)
-
-    def _set_out(self, instance_id: str, reason: str, out: bool) -> None:
-        verdict = self.rotation.set(instance_id, reason, out)
-        if verdict is not None:
-            self.core.set_health(instance_id, verdict, self._now())
-            self._kick()
-
+    # ------------------------------------------------------------------ load
     def _on_load(self, instance_id: str, sample: LoadSample) -> None:
-        if not self._registered(instance_id):
+        if not self.detector.registered(instance_id):
             return
         self.core.update_load(
             instance_id,
@@ -485,13 +457,6 @@ class ControlPlaneManager:
         self._kick()
 
     # ------------------------------------------------------------------ bookkeeping
-    def _registered(self, instance_id: str) -> bool:
-        try:
-            self.core.instance(instance_id)
-        except KeyError:
-            return False
-        return True
-
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(coro, name="vcp-side")
         self._side_tasks.add(task)
@@ -523,28 +488,8 @@ class ControlPlaneManager:
             handle.finish(self._result(request_id, handle))
 
     def _result(self, request_id: str, handle: RequestHandle | None) -> RequestResult:
-        rec = self.core.record(request_id)
-        queue_ms = None
-        if rec.scheduled_at is not None:
-            queue_ms = (rec.scheduled_at - rec.submitted_at) * 1000.0
-        return RequestResult(
-            request_id=request_id,
-            status=rec.status,
-            text=handle.text if handle is not None else "",
-            instance_id=rec.instance_id,
-            finish_reason=rec.finish_reason,
-            prompt_tokens=rec.prompt_tokens,
-            completion_tokens=rec.completion_tokens,
-            cached_tokens=rec.cached_tokens,
-            queue_time_ms=queue_ms,
-            ttft_ms=rec.ttft_ms,
-            tpot_ms=rec.tpot_ms,
-            latency_ms=rec.e2e_ms,
-            cost_usd=rec.cost_usd,
-            retries=rec.retries,
-            error=rec.reason if rec.status is not RequestStatus.COMPLETED else None,
-            slo_met=rec.met_slo(),
-        )
+        text = handle.text if handle is not None else ""
+        return RequestResult.from_record(self.core.record(request_id), text)
 
 
 async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:

@@ -6,6 +6,7 @@ the first token."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -137,3 +138,51 @@ async def test_client_disconnect_mid_stream_aborts_the_engine_request(gateway, h
     cp = server.gateway.cp
     await wait_until(lambda: cp.core.counters().cancelled == 1)
     assert cp.core.counters().in_flight == 0 and sim.service.num_active == 0
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/no/such/route", "/admin/status"])
+async def test_odd_expect_headers_get_a_417_envelope_never_a_500(gateway, http, path) -> None:
+    server = await gateway([_sim("one")])
+    for expect in ("\xf7<", "something-else"):
+        async with http.patch(server.url + path, json={}, headers={"Expect": expect}) as resp:
+            assert resp.status == 417
+            assert orjson.loads(await resp.read())["error"]["code"] == "expectation_failed"
+    async with http.post(
+        server.url + "/v1/chat/completions", json=_body(3), headers={"Expect": "100-continue"}
+    ) as resp:
+        assert resp.status == 200
+
+
+async def test_unmatched_routes_keep_404_and_405_with_allow(gateway, http) -> None:
+    server = await gateway([_sim("one")])
+    async with http.get(server.url + "/v1/chat/completions") as resp:
+        assert resp.status == 405 and resp.headers["Allow"] == "POST"
+        assert orjson.loads(await resp.read())["error"]["code"] == "method_not_allowed"
+    async with http.delete(server.url + "/nowhere") as resp:
+        assert resp.status == 404
+        assert orjson.loads(await resp.read())["error"]["code"] == "not_found"
+
+
+async def test_client_hanging_up_mid_stream_logs_no_server_error(gateway, http, caplog) -> None:
+    server = await gateway([_sim("one")])
+    for _ in range(3):
+        async with http.post(
+            server.url + "/v1/chat/completions", json=_body(7000, stream=True)
+        ) as resp:
+            await resp.content.readuntil(b"\n\n")
+    cp = server.gateway.cp
+    await wait_until(lambda: cp.core.counters().cancelled == 3 and server.gateway.in_flight == 0)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_health_probes_leave_nothing_in_the_gateways_capture_table(gateway, http) -> None:
+    server = await gateway(
+        [_sim("bad", faults={"error_rate": 1.0, "error_status": 500}), _sim("good", seed=2)]
+    )
+    gw = server.gateway
+    for _ in range(12):
+        assert (await _post(http, server.url, 2))[0] == 200
+    await wait_until(lambda: gw.cp.breakers.state("bad").value != "closed")
+    gw.fleet.server("bad").set_faults(error_rate=0.0)
+    await wait_until(lambda: gw.cp.rotation.in_rotation("bad"), what="probe readmits bad")
+    assert gw.backend._seen == {}

@@ -56,6 +56,16 @@ def test_half_open_probe_closes_or_reopens_with_doubled_cooldown() -> None:
     assert cb.record_failure("a", 17.0)  # a fresh streak: threshold 1 opens it again
 
 
+def test_probe_soon_cuts_a_long_cooldown_short() -> None:
+    cb = CircuitBreakers(CircuitConfig(failure_threshold=1, open_s=8.0, max_open_s=30.0))
+    cb.record_failure("a", 0.0)
+    assert cb.due_probes(1.0) == []
+    cb.probe_soon("a", 1.0)
+    assert cb.due_probes(1.0) == ["a"]
+    cb.probe_soon("a", 2.0)  # half-open already: a probe is in flight, nothing changes
+    assert cb.state("a") is C.HALF_OPEN and cb.due_probes(2.0) == []
+
+
 def test_probe_result_for_a_forgotten_instance_is_ignored() -> None:
     cb = CircuitBreakers(CircuitConfig(failure_threshold=1))
     cb.record_failure("a", 0.0)

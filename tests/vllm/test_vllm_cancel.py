@@ -1,10 +1,10 @@
 """Cancelling requests through the control plane frees the real engine.
 
-Eight long requests (about 1000 tokens each) go to one server with ``--max-num-seqs 4``: four run,
-four wait in vLLM's own queue. Once every running one has streamed a token, all eight are
-cancelled. The engine must then report nothing running or waiting, and its generation counter
-must show the requests were cut short — had the aborts not reached it, they would have run to
-their full length (8 × 1000 tokens).
+Eight long requests (1000 tokens each) go to one server with ``--max-num-seqs 4``: four run,
+four wait in vLLM's own queue. Once four live requests have streamed a token, all are cancelled.
+The engine must then report nothing running or waiting, and its generation counter must show
+that the cancelled requests were cut short: had the aborts not reached it, each would have run to
+its full 1000 tokens.
 """
 
 from __future__ import annotations
@@ -36,18 +36,24 @@ async def test_cancel_aborts_running_and_waiting_requests(
         for rid in ids:
             await cp.submit_request(fixed_length(rid, MAX_TOKENS, prompt_tokens=16))
 
-        def streaming() -> list[str]:
-            return [rid for rid in ids if cp.handle(rid).chunks]
+        def live_streaming() -> list[str]:
+            return [r for r in ids if cp.handle(r).chunks and not cp.core.status(r).is_terminal]
 
-        await wait_until(lambda: len(streaming()) >= 4, timeout_s=120, what="4 streams started")
-        for rid in ids:
-            assert await cp.cancel_request(rid) is True
-        for rid in ids:
+        await wait_until(lambda: len(live_streaming()) >= 4, timeout_s=120, what="4 live streams")
+        cancelled = [rid for rid in ids if await cp.cancel_request(rid)]
+        # A starved API server may show the first wave's tokens only as it ends: those four then
+        # complete before the cancel, and the second wave is the one cut short.
+        finished = [await cp.get_result(rid) for rid in ids if rid not in cancelled]
+        assert all(r.completion_tokens == MAX_TOKENS for r in finished), finished
+        assert len(cancelled) >= 4
+        for rid in cancelled:
             assert await cp.get_request_status(rid) is RequestStatus.CANCELLED
-        assert cp.get_metrics().cancelled_requests == REQUESTS
+        assert cp.get_metrics().cancelled_requests == len(cancelled)
         assert cp.get_instance_metrics("vllm-0")["active_requests"] == 0
 
     await wait_until(lambda: engine_idle(server), timeout_s=120, what="the engine to go idle")
     generated = (await EngineCounters.scrape(server) - before)["vllm:generation_tokens_total"]
-    # Uncancelled, the first four alone would generate 4000 tokens and the rest 4000 more.
-    assert generated < REQUESTS * MAX_TOKENS / 2, generated
+    for_cancelled = generated - MAX_TOKENS * len(finished)
+    print(f"cancel: {len(finished)} done first, {len(cancelled)} cut at {for_cancelled:.0f} tokens")
+    # Had the aborts not reached the engine, they would have generated 1000 tokens each.
+    assert for_cancelled < len(cancelled) * MAX_TOKENS / 2, (generated, len(finished))

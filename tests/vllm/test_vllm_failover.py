@@ -97,6 +97,9 @@ def _check_outcomes(
         by_status.setdefault(results[rid].status, []).append(rid)
     assert set(by_status) <= {RequestStatus.COMPLETED, RequestStatus.FAILED}, by_status
     failed = by_status.get(RequestStatus.FAILED, [])
+    retried = [r for r in ids if results[r].retries]
+    print(f"failover: {len(failed)} failed mid-stream, {len(retried)} retried, served by: "
+          f"{sorted(str(results[r].instance_id) for r in ids)}")  # fmt: skip
     # Only what the victim was already streaming may fail (at most its in-flight share).
     assert len(failed) <= PER_INSTANCE, [results[r] for r in failed]
     for rid in failed:

@@ -87,6 +87,7 @@ async def test_monitor_sees_load_and_counters_match(live_vllm_servers: list[Vllm
         assert all(r.status is RequestStatus.COMPLETED for r in results.values())
         for iid, peak in watcher.peak.items():
             assert peak["running"] >= 1 and peak["kv"] > 0, (iid, peak)
+        print(f"peaks seen through the monitor: {watcher.peak}")
         assert max(p["waiting"] for p in watcher.peak.values()) >= 1, watcher.peak
 
         def drained() -> bool:

@@ -3,8 +3,9 @@
 How it works: the venv path comes from ``VLLM_VENV`` or defaults to ``<project>/.vllm-venv``. A
 venv counts as ready when its interpreter imports vllm. ``ensure_vllm_env`` runs
 ``scripts/setup_vllm_env.sh`` when it is not, and returns the reason when that fails, so the
-caller can skip or fail with it. The tiny model is built by running ``build_tiny_model.py`` with
-the venv's interpreter, since the project's own venv has no torch.
+caller can skip or fail with it (exit status 77 from the script means the machine cannot run
+vLLM at all; anything else is a failed install). The tiny model is built by running
+``build_tiny_model.py`` with the venv's interpreter, since the project's own venv has no torch.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SETUP_SCRIPT = PROJECT_ROOT / "scripts" / "setup_vllm_env.sh"
 BUILD_MODEL_SCRIPT = Path(__file__).resolve().with_name("build_tiny_model.py")
+CANNOT_INSTALL = 77  # the setup script's exit status when this machine cannot run vLLM at all
 
 
 class VllmEnvError(RuntimeError):
@@ -67,7 +69,10 @@ def ensure_vllm_env(venv: Path | None = None, *, allow_setup: bool = True) -> Pa
     )
     if result.returncode != 0 or not venv_is_ready(venv):
         tail = "\n".join((result.stdout + result.stderr).splitlines()[-20:])
-        raise VllmEnvError(f"{SETUP_SCRIPT} could not set up {venv}:\n{tail}")
+        what = "says vLLM cannot be installed here" if result.returncode == CANNOT_INSTALL else (
+            f"could not set up {venv}"
+        )  # fmt: skip
+        raise VllmEnvError(f"{SETUP_SCRIPT} {what}:\n{tail}")
     return venv
 
 

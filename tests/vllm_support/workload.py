@@ -3,7 +3,8 @@
 How it works: ``run_point`` keeps ``concurrency`` streamed completions in flight (each worker sends
 its next request when its previous one ends) until ``requests`` have been sent. Prompts are fresh
 random token ids of the exact length asked for, so no request hits the prefix cache and both
-servers see the same lengths; ``ignore_eos`` fixes the output length. Per request the client
+servers see the same lengths; ``ignore_eos`` fixes the output length; ``ramp_s`` spreads the
+clients' first requests, so they do not run in lockstep waves. Per request the client
 records TTFT (send → first frame with a choice), E2E (send → end of stream) and the generated
 token count from the usage frame (frames may carry several tokens under load). The server's own
 TTFT and inter-token-latency histograms are read from ``/metrics`` before and after the point, so
@@ -34,6 +35,7 @@ class WorkloadPoint:
     concurrency: int
     requests: int
     max_tokens: int = 128
+    ramp_s: float = 0.0  # client i starts i·ramp_s/concurrency after the first: no lockstep
 
     @property
     def label(self) -> str:
@@ -154,14 +156,15 @@ async def run_point(
     result = PointResult(point)
     before = await scrape(session, base_url)
 
-    async def worker() -> None:
+    async def worker(i: int) -> None:
+        await asyncio.sleep(i * point.ramp_s / point.concurrency)
         while prompts:
             prompt = prompts.pop()
             timing = await stream_completion(session, base_url, model, prompt, point.max_tokens)
             result.timings.append(timing)
 
     started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(point.concurrency)))
+    await asyncio.gather(*(worker(i) for i in range(point.concurrency)))
     result.wall_s = time.perf_counter() - started
     after = await scrape(session, base_url)
     result.server_ttft_ms = histogram_mean_ms(before, after, "vllm:time_to_first_token_seconds")

@@ -102,7 +102,7 @@ class Head:
     ) -> None:
         self.status = status
         self.reason = reason
-        self.raw = raw  # the header block without the status line's successor CRLFCRLF
+        self.raw = raw  # status line and headers, without the blank line that ends them
         self.length = length
         self.chunked = chunked
         self.keep_alive = keep

@@ -67,6 +67,7 @@ from vllm_control_plane.types import (
 )
 
 _S = RequestStatus
+_NO_OBSERVE = SchedulingPolicy.observe  # the base hook: learns nothing, needs no signals
 
 __all__ = ["CancelResult", "ControlCore", "CoreLimits", "Dispatch"]
 
@@ -488,7 +489,11 @@ class ControlCore:
             rec.block_hashes,
         )
         choice = self._strategy.select(route, tier)
-        inst = next((i for i in tier if i.instance_id == choice.instance_id), None)
+        chosen, inst = choice.instance_id, None
+        for candidate in tier:
+            if candidate.instance_id == chosen:
+                inst = candidate
+                break
         if inst is None:
             raise RuntimeError(
                 f"routing strategy {self.strategy_name!r} chose {choice.instance_id!r}, "
@@ -746,7 +751,10 @@ class ControlCore:
             self._history.popitem(last=False)
         rec.prompt_text, rec.block_hashes = "", ()
         self._acct.on_terminal(rec)
-        if self._policy.observe(rec, self._signals(now)):
+        # Only policies that learn from outcomes need them (and the signals computed for them).
+        if type(self._policy).observe is not _NO_OBSERVE and self._policy.observe(
+            rec, self._signals(now)
+        ):
             self._rekey_pending = True
         if self.on_terminal is not None:
             self.on_terminal(rec)

@@ -19,9 +19,10 @@ How it works:
   count is read from its name ("mistral-7b" → 7e9, "8x7b" → 56e9), else an 8B model.
 
 Raw step times are memoised on ``(profile, batch, waiting, prompt bucket, output bucket)`` with
-buckets at most 25 % wide, and final predictions on ``(instance, batch, waiting, prompt,
-output)`` while the instance's calibration is unchanged, so a dispatch that compares 64
-instances costs dictionary look-ups.
+buckets at most 25 % wide, and final predictions on ``(deployment, batch, waiting, prompt,
+output, calibration ratios)`` — everything they depend on, so instances of one deployment
+(same profiles, TP, PP and price) under the same load share entries, and a dispatch that
+compares 64 instances costs dictionary look-ups.
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ class _Perf:
     chunk: int  # max_num_batched_tokens
     max_seqs: int
     usd_per_hour: float
+    ident: int = 0  # equal for deployments whose predictions are equal (see _register)
 
     @property
     def usd_per_s(self) -> float:
@@ -147,10 +149,13 @@ class RooflineEstimator:
         self._perf_by_id: dict[str, tuple[ExecutionInstance, _Perf]] = {}
         self._calib: dict[str, _Calibration] = {}
         self._raw: dict[tuple[object, ...], tuple[float, float]] = {}
-        # Final predictions by (instance, batch, waiting, prompt, output), valid while the
-        # instance's calibration version and profile are unchanged: a dispatch changes one
-        # instance's load, so the next comparison of 64 instances is mostly look-ups.
-        self._memo: dict[tuple[object, ...], tuple[int, _Perf, Prediction]] = {}
+        # One _Perf per distinct deployment (profile key and price), so instances of the same
+        # deployment share the memo below.
+        self._perfs: dict[tuple[object, ...], _Perf] = {}
+        # Final predictions by (deployment, batch, waiting, prompt, output[, calibration]):
+        # everything a prediction depends on, so identical instances under the same load share
+        # entries, and a dispatch that changes one instance's load leaves the rest valid.
+        self._memo: dict[tuple[object, ...], Prediction] = {}
 
     # -- prediction ---------------------------------------------------------------------------
     def predict(
@@ -164,15 +169,16 @@ class RooflineEstimator:
             batch = perf.max_seqs
         waiting = instance.num_requests_waiting
         calib = self._calib.get(iid)
-        version = calib.samples if calib is not None else 0
-        key = (iid, batch, waiting, prompt_tokens, output_tokens)
+        key: tuple[object, ...] = (perf.ident, batch, waiting, prompt_tokens, output_tokens)
+        if calib is not None:
+            key = (*key, calib.ttft, calib.tpot)
         hit = self._memo.get(key)
-        if hit is not None and hit[0] == version and hit[1] is perf:
-            return hit[2]
-        pred = self._predict(instance, perf, batch, waiting, prompt_tokens, output_tokens)
+        if hit is not None:
+            return hit
+        pred = self._predict(calib, perf, batch, waiting, prompt_tokens, output_tokens)
         if len(self._memo) >= _CACHE_LIMIT:
             self._memo.clear()
-        self._memo[key] = (version, perf, pred)
+        self._memo[key] = pred
         return pred
 
     def predict_floor(
@@ -180,7 +186,8 @@ class RooflineEstimator:
     ) -> Prediction:
         """The prediction on an idle instance (batch 1, empty engine queue): a lower bound
         that does not move with load, for stable queue keys and hopeless-request tests."""
-        return self._predict(instance, self._perf_of(instance), 1, 0, prompt_tokens, output_tokens)
+        calib = self._calib.get(instance.instance_id)
+        return self._predict(calib, self._perf_of(instance), 1, 0, prompt_tokens, output_tokens)
 
     def predict_many(
         self, instances: Sequence[ExecutionInstance], prompt_tokens: int, output_tokens: int
@@ -191,7 +198,7 @@ class RooflineEstimator:
 
     def _predict(
         self,
-        instance: ExecutionInstance,
+        calib: _Calibration | None,
         perf: _Perf,
         batch: int,
         waiting: int,
@@ -203,7 +210,6 @@ class RooflineEstimator:
         if raw is None:
             raw = self._raw_times(key, perf)
         ttft_s, tpot_s = raw
-        calib = self._calib.get(instance.instance_id)
         if calib is not None:
             ttft_s, tpot_s = ttft_s * calib.ttft, tpot_s * calib.tpot
         latency_s = ttft_s + tpot_s * (output - 1 if output > 1 else 0)
@@ -240,7 +246,12 @@ class RooflineEstimator:
         return self._register(instance)
 
     def _register(self, instance: ExecutionInstance) -> _Perf:
-        perf = self._build(instance)
+        built = self._build(instance)
+        # The step-time model follows from the key (model and GPU profiles, TP, PP), and the
+        # price is the only other input: equal pairs predict alike.
+        perf = self._perfs.setdefault((built.key, built.usd_per_hour), built)
+        if perf is built:
+            perf.ident = len(self._perfs)
         self._perf_by_id[instance.instance_id] = (instance, perf)
         return perf
 

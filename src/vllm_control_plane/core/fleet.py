@@ -210,9 +210,11 @@ class Fleet:
             return
         self._bump(iid)
         up = inst.is_healthy and inst.is_available
-        if self._seen[iid][0] != up:
+        seen = self._seen[iid]
+        if seen[0] != up:
             self._drop_cached(inst.model_name, self._usable)
-        self._account(iid, up, inst.active_requests)
+        if seen[0] != up or seen[1] != inst.active_requests:
+            self._account(iid, up, inst.active_requests)
         self._set_ready(inst, self._is_ready(inst))
 
     def touch(self, instance_id: str) -> None:

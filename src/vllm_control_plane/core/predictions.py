@@ -35,6 +35,8 @@ from vllm_control_plane.core.interfaces import Estimator, Prediction
 from vllm_control_plane.types import ExecutionInstance
 
 _MAX_SHAPES = 1024  # (prompt, output) pairs with a table; 64 instances each at most
+_MAX_ANSWERS = 256  # remembered predict_many answers (least recently used dropped first)
+_MIN_REMEMBERED = 16  # predict_many answers over fewer instances are not worth remembering
 
 _Shape = tuple[int, int]
 _Entry = tuple[int, ExecutionInstance, Prediction]  # stamp, the instance object, its prediction
@@ -45,14 +47,15 @@ class _Answer:
     """The last :meth:`PredictionCache.predict_many` answer for one request shape."""
 
     instances: Sequence[ExecutionInstance]  # a tuple, recognised by identity
-    index: dict[str, ExecutionInstance]
+    index: dict[str, ExecutionInstance] | None  # by id; built when first needed
     version: int  # ``Fleet.version`` the predictions are valid at
     predictions: dict[str, Prediction]
 
 
 def cacheable(estimator: object) -> bool:
     """Does ``estimator`` promise the contract :class:`PredictionCache` relies on?"""
-    return bool(getattr(estimator, "predictions_follow_instance_state", False))
+    promised = getattr(estimator, "predictions_follow_instance_state", False)
+    return bool(promised) and isinstance(getattr(estimator, "calibration_epoch", None), int)
 
 
 class PredictionCache:
@@ -63,12 +66,15 @@ class PredictionCache:
     """
 
     def __init__(self, estimator: Estimator, fleet: Fleet) -> None:
+        if not cacheable(estimator):
+            raise TypeError(f"{type(estimator).__name__} does not promise cacheable predictions")
         self.estimator = estimator
         self._fleet = fleet
         self._stamps = fleet.stamps
         self._tables: dict[_Shape, dict[str, _Entry]] = {}
-        self._many: dict[_Shape, _Answer] = {}
-        self._epoch = self._estimator_epoch()
+        # Last answers by (shape, id of the instance tuple), oldest use first.
+        self._many: dict[tuple[_Shape, int], _Answer] = {}
+        self._epoch: int = estimator.calibration_epoch  # type: ignore[attr-defined]
 
     def __getattr__(self, name: str) -> Any:
         if name == "estimator":  # not set yet (e.g. during copy): no recursion
@@ -79,7 +85,8 @@ class PredictionCache:
     def predict(
         self, instance: ExecutionInstance, prompt_tokens: int, output_tokens: int
     ) -> Prediction:
-        self._check_epoch()
+        if self.estimator.calibration_epoch != self._epoch:  # type: ignore[attr-defined]
+            self._reset()
         shape = (prompt_tokens, output_tokens)
         return self._predict(self._table(shape), shape, instance)
 
@@ -87,19 +94,23 @@ class PredictionCache:
         self, instances: Sequence[ExecutionInstance], prompt_tokens: int, output_tokens: int
     ) -> dict[str, Prediction]:
         """:meth:`predict` for each instance, keyed by instance id (in ``instances`` order)."""
-        self._check_epoch()
+        if self.estimator.calibration_epoch != self._epoch:  # type: ignore[attr-defined]
+            self._reset()
         shape = (prompt_tokens, output_tokens)
         table = self._table(shape)
-        last = self._many.get(shape)
+        # Lists are mutable (not recognisable by identity); a few instances are cheap anyway.
+        if len(instances) < _MIN_REMEMBERED or not isinstance(instances, tuple):
+            return self._predict_all(instances, table, shape)
+        key = (shape, id(instances))
+        last = self._many.pop(key, None)  # re-inserted below: most recently used last
         if last is not None and last.instances is instances:
             out = self._update(last, table, shape)
         else:
             out = self._predict_all(instances, table, shape)
-            if isinstance(instances, tuple):  # immutable: safe to recognise by identity later
-                if len(self._many) >= _MAX_SHAPES:
-                    self._many.clear()
-                index = {i.instance_id: i for i in instances}
-                self._many[shape] = _Answer(instances, index, self._fleet.version, out)
+            last = _Answer(instances, None, self._fleet.version, out)
+            if len(self._many) >= _MAX_ANSWERS:
+                del self._many[next(iter(self._many))]
+        self._many[key] = last  # holds the tuple, so its id cannot be reused meanwhile
         return dict(out)
 
     def _predict_all(
@@ -125,9 +136,11 @@ class PredictionCache:
         if last.version == version:
             return last.predictions
         changed = self._fleet.changed_since(last.version)
-        if changed is None or len(changed) > len(last.index):
+        if changed is None or len(changed) > len(last.instances):
             last.predictions = self._predict_all(last.instances, table, shape)
         else:
+            if last.index is None:
+                last.index = {i.instance_id: i for i in last.instances}
             preds, index = last.predictions, last.index
             for iid in changed:
                 inst = index.get(iid)
@@ -160,18 +173,15 @@ class PredictionCache:
     # -- calibration --------------------------------------------------------------------------
     def observe(self, instance_id: str, predicted: Prediction, **observed: float | None) -> None:
         """Calibrate the wrapped estimator and re-stamp just that instance."""
-        before = self._estimator_epoch()
-        self.estimator.observe(instance_id, predicted, **observed)  # type: ignore[attr-defined]
+        est: Any = self.estimator
+        before = est.calibration_epoch
+        est.observe(instance_id, predicted, **observed)
         if before == self._epoch:  # nothing else changed it since we last looked
-            self._epoch = self._estimator_epoch()
+            self._epoch = est.calibration_epoch
         self._fleet.touch(instance_id)
 
-    def _estimator_epoch(self) -> int:
-        return int(getattr(self.estimator, "calibration_epoch", 0))
-
-    def _check_epoch(self) -> None:
-        epoch = self._estimator_epoch()
-        if epoch != self._epoch:
-            self._tables.clear()
-            self._many.clear()
-            self._epoch = epoch
+    def _reset(self) -> None:
+        """The estimator was calibrated behind our back: nothing cached can be trusted."""
+        self._tables.clear()
+        self._many.clear()
+        self._epoch = self.estimator.calibration_epoch  # type: ignore[attr-defined]

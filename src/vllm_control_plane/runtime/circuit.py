@@ -16,8 +16,9 @@ While OPEN no request is routed there. When the cooldown is over the instance is
 runtime sends one small probe generation (never a client's request, so no client pays for the
 test); success closes the circuit and the instance is back in rotation, failure re-opens it with
 the cooldown doubled (up to ``max_open_s``), so a long outage costs a probe every ``max_open_s``,
-not a storm. Only failures that say something about the instance count (connection refused or
-lost, timeouts, 5xx, malformed streams); a 4xx is the request's own fault and counts as neither
+not a storm; when the health checks see the instance come back, the next probe is sent at once.
+Only failures that say something about the instance count (connection refused or lost,
+timeouts, 5xx, malformed streams); a 4xx is the request's own fault and counts as neither
 success nor failure.
 
 Pure: no clock, no I/O. Every call takes ``now``; the runtime carries out what it returns.
@@ -122,6 +123,13 @@ class CircuitBreakers:
             return True
         self._open(circuit, now, min(circuit.cooldown_s * 2, self.config.max_open_s))
         return False
+
+    def probe_soon(self, instance_id: str, now: float) -> None:
+        """Another signal says the instance is back (its health checks pass again): probe it
+        at the next chance instead of waiting out a cooldown that grew during the outage."""
+        circuit = self._circuits.get(instance_id)
+        if circuit is not None and circuit.state is CircuitState.OPEN:
+            circuit.probe_at = min(circuit.probe_at, now)
 
     def forget(self, instance_id: str) -> None:
         self._circuits.pop(instance_id, None)

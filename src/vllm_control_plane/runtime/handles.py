@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from vllm_control_plane.backends.base import TokenChunk
+from vllm_control_plane.core.lifecycle import RequestRecord
 from vllm_control_plane.types import RequestStatus
 
 
@@ -36,6 +37,28 @@ class RequestResult:
     retries: int
     error: str | None = None  # why it did not complete (failed / rejected / timeout / cancelled)
     slo_met: bool | None = None  # None when the request carried no SLO
+
+    @classmethod
+    def from_record(cls, rec: RequestRecord, text: str) -> RequestResult:
+        """The result of a finished request from the core's record and the text it produced."""
+        return cls(
+            request_id=rec.request_id,
+            status=rec.status,
+            text=text,
+            instance_id=rec.instance_id,
+            finish_reason=rec.finish_reason,
+            prompt_tokens=rec.prompt_tokens,
+            completion_tokens=rec.completion_tokens,
+            cached_tokens=rec.cached_tokens,
+            queue_time_ms=rec.queue_time_ms,
+            ttft_ms=rec.ttft_ms,
+            tpot_ms=rec.tpot_ms,
+            latency_ms=rec.e2e_ms,
+            cost_usd=rec.cost_usd,
+            retries=rec.retries,
+            error=rec.reason if rec.status is not RequestStatus.COMPLETED else None,
+            slo_met=rec.met_slo(),
+        )
 
     @property
     def ok(self) -> bool:

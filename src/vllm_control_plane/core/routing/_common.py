@@ -134,10 +134,15 @@ def minmax_scores(costs: Mapping[str, float]) -> dict[str, float]:
     """Costs (lower = better) → scores in [0, 1]: best 1, worst 0, all equal → 1."""
     if not costs:
         return {}
-    lo, hi = min(costs.values()), max(costs.values())
+    return scaled_scores(costs, min(costs.values()), max(costs.values()))
+
+
+def scaled_scores(costs: Mapping[str, float], lo: float, hi: float) -> dict[str, float]:
+    """:func:`minmax_scores` when the caller already knows the lowest and highest cost."""
     if hi - lo <= 1e-12 * max(1.0, abs(hi)):
         return dict.fromkeys(costs, 1.0)
-    return {k: (hi - v) / (hi - lo) for k, v in costs.items()}
+    span = hi - lo
+    return {k: (hi - v) / span for k, v in costs.items()}
 
 
 def pick_min(
@@ -145,14 +150,8 @@ def pick_min(
 ) -> tuple[ExecutionInstance, dict[str, float]]:
     """The lowest-cost candidate (first in candidate order on ties) and every candidate's cost."""
     costs = {c.instance_id: cost(c) for c in candidates}
-    return min_by_cost(candidates, costs), costs
-
-
-def min_by_cost(
-    candidates: Sequence[ExecutionInstance], costs: Mapping[str, float]
-) -> ExecutionInstance:
-    """The candidate whose cost in ``costs`` is lowest (the first in candidate order on ties)."""
-    return min(candidates, key=lambda c: costs[c.instance_id])
+    best = min(candidates, key=lambda c: costs[c.instance_id])
+    return best, costs
 
 
 class LastBlocks:

@@ -14,9 +14,10 @@ candidate. Scores are the costs min-max normalised (best 1, worst 0).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from vllm_control_plane.core.interfaces import (
+    Prediction,
     RouteChoice,
     RouteRequest,
     RoutingContext,
@@ -25,11 +26,29 @@ from vllm_control_plane.core.interfaces import (
 from vllm_control_plane.core.routing._common import (
     InflightTokens,
     drain_time,
-    min_by_cost,
     minmax_scores,
     pick_min,
+    scaled_scores,
 )
 from vllm_control_plane.types import ExecutionInstance
+
+
+def _by_latency(
+    candidates: Sequence[ExecutionInstance], predictions: Mapping[str, Prediction]
+) -> tuple[ExecutionInstance, dict[str, float], float, float]:
+    """One pass: the candidate with the lowest predicted latency (the first on ties), every
+    candidate's latency, and the lowest and highest of them (what the scores are scaled by)."""
+    costs: dict[str, float] = {}
+    best = candidates[0]
+    lo = hi = predictions[best.instance_id].latency_ms
+    for c in candidates:
+        v = predictions[c.instance_id].latency_ms
+        costs[c.instance_id] = v
+        if v < lo:
+            best, lo = c, v
+        elif v > hi:
+            hi = v
+    return best, costs, lo, hi
 
 
 class LoadBalanced(RoutingStrategy):
@@ -50,20 +69,19 @@ class LoadBalanced(RoutingStrategy):
                     c.instance_id: estimator.predict(c, req.prompt_tokens, req.output_tokens)
                     for c in candidates
                 }
-            costs = {iid: p.latency_ms for iid, p in predictions.items()}
-            best = min_by_cost(candidates, costs)
+            best, costs, lo, hi = _by_latency(candidates, predictions)
             p = predictions[best.instance_id]
             reason = (
                 f"lowest predicted latency {p.latency_ms:.0f} ms "
                 f"(TTFT {p.ttft_ms:.0f} ms) among {len(candidates)}"
             )
-        else:
-            tokens = req.prompt_tokens + req.output_tokens
-            best, costs = pick_min(candidates, lambda c: drain_time(c, self._inflight, tokens))
-            reason = (
-                f"least predicted load: drain {costs[best.instance_id]:.0f} tokens/capacity "
-                f"among {len(candidates)} (no estimator)"
-            )
+            return RouteChoice(best.instance_id, reason, scaled_scores(costs, lo, hi))
+        tokens = req.prompt_tokens + req.output_tokens
+        best, costs = pick_min(candidates, lambda c: drain_time(c, self._inflight, tokens))
+        reason = (
+            f"least predicted load: drain {costs[best.instance_id]:.0f} tokens/capacity "
+            f"among {len(candidates)} (no estimator)"
+        )
         return RouteChoice(best.instance_id, reason, minmax_scores(costs))
 
     def on_dispatch(self, req: RouteRequest, instance_id: str) -> None:
