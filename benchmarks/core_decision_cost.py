@@ -16,6 +16,7 @@ gateway drives it. Prints mean / p50 / p99 CPU µs per request and the mean of e
 
     python benchmarks/core_decision_cost.py [--policies fifo,slo_aware] [--strategies load_balanced]
     python benchmarks/core_decision_cost.py --small-fleet [--inflight 40] [--gc-freeze]
+        [--ballast 500000]   # a serving process's heap: what the cyclic GC must walk
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ class SmallFleet:
         self.seq = 0
         self.now = 0.0
         self.phase_ns = dict.fromkeys(_PHASES, 0)
+        self.ballast: list[object] = []
 
     def step(self, timed: bool) -> None:
         """One request in, one request out (``timed``: add each call's CPU time per phase)."""
@@ -140,6 +142,9 @@ def small_fleet(args: argparse.Namespace) -> None:
 
 def small_fleet_row(policy: str, strategy: str, args: argparse.Namespace) -> str:
     sim = SmallFleet(policy, strategy, args.inflight, args.seed)
+    # Long-lived objects standing in for a serving process's heap (modules, clients, caches):
+    # the cyclic collector's full passes walk all of them unless gc.freeze() set them aside.
+    sim.ballast = [[k] for k in range(args.ballast)]  # lists: always tracked by the GC
     for _ in range(args.warmup):
         sim.step(timed=False)
     if args.gc_freeze:
@@ -179,6 +184,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=20_000, help="small fleet: timed requests")
     ap.add_argument("--warmup", type=int, default=2_000, help="small fleet: untimed requests")
     ap.add_argument("--gc-freeze", action="store_true", help="gc.freeze() after the warm-up")
+    ap.add_argument("--ballast", type=int, default=0, help="small fleet: long-lived objects")
     args = ap.parse_args()
     if args.small_fleet:
         small_fleet(args)

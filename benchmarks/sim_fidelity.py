@@ -32,9 +32,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -51,136 +51,26 @@ from tests.vllm_support import (
     ensure_vllm_env,
 )
 from tests.vllm_support.build_tiny_model import TinyModelSpec
+from tests.vllm_support.calibration import (
+    BLOCK_SIZE,
+    MAX_BATCHED_TOKENS,
+    MAX_MODEL_LEN,
+    MAX_NUM_SEQS,
+    PROFILE_JSON,
+    CpuConstants,
+    log_loss,
+    nelder_mead,
+    predict,
+)
 from tests.vllm_support.server import free_ports
 from tests.vllm_support.workload import WorkloadPoint, run_point
 
-from vllm_control_plane.sim.engine import SimEngine
-from vllm_control_plane.sim.profiles import get_gpu, register_gpu
-from vllm_control_plane.sim.types import EngineRequest, EngineSpec
+from vllm_control_plane.sim.profiles import get_gpu
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PROFILE_JSON = RESULTS / "vllm_cpu_profile.json"
-# The engine settings shared by both sides (the real server's are VllmServerConfig's flags).
-MAX_NUM_SEQS = 32
-MAX_MODEL_LEN = 1024
-MAX_BATCHED_TOKENS = 2048  # vLLM's CPU default
-BLOCK_SIZE = 128  # vLLM's CPU block size
-REAL_KV_BLOCKS = 256  # --kv-cache-memory-bytes 64 MiB at 2 KiB per token, 128-token blocks
 
 
 # ---------------------------------------------------------------------------------- fit
-@dataclass(frozen=True)
-class CpuConstants:
-    """The fitted knobs of the CPU profile (rates are effective: efficiency factors are 1)."""
-
-    t0: float
-    mem_rate: float
-    flop_rate: float
-    t_seq: float
-    t_prefill: float
-
-    def register(self, name: str = "CPU-fit") -> str:
-        base = get_gpu("CPU")
-        register_gpu(
-            replace(
-                base,
-                name=name,
-                flops=self.flop_rate,
-                mem_bw=self.mem_rate,
-                eta_mem=1.0,
-                eta_compute=1.0,
-                t0=self.t0,
-                t_seq=self.t_seq,
-                t_prefill=self.t_prefill,
-                aliases=(),
-            ),
-            replace=True,
-        )
-        return name
-
-
-def replay(gpu: str, requests: list[EngineRequest]) -> dict[str, tuple[float, float]]:
-    """Run requests that all arrive at 0 through a fresh engine; id → (first, last) token time."""
-    spec = EngineSpec(
-        model="tiny-llama",
-        gpu=gpu,
-        block_size=BLOCK_SIZE,
-        max_num_seqs=MAX_NUM_SEQS,
-        max_model_len=MAX_MODEL_LEN,
-        max_num_batched_tokens=MAX_BATCHED_TOKENS,
-        num_gpu_blocks_override=REAL_KV_BLOCKS,
-        jitter=0.0,
-    )
-    engine = SimEngine(spec)
-    for req in requests:
-        engine.add_request(req, 0.0)
-    now, first, last = 0.0, {}, {}
-    while engine.has_unfinished():
-        adv = engine.advance(now, math.inf)  # decode-only stretches in one call
-        if adv.num_steps:
-            now, outputs = adv.end_time, adv.finished
-        else:
-            res = engine.step(now)
-            now, outputs = now + res.duration, res.outputs
-        for out in outputs:
-            if out.first_token:
-                first[out.request_id] = now
-            last[out.request_id] = now
-    return {rid: (first[rid], last[rid]) for rid in first}
-
-
-def predict(gpu: str, profile: dict[str, Any]) -> list[dict[str, Any]]:
-    """The simulator's figure for every measured row of the profile, beside the measurement."""
-    rows = []
-    for row in profile["ttft"]:
-        n = row["prompt_tokens"]
-        times = replay(gpu, [EngineRequest("r", n, 1, ignore_eos=True)])
-        sim = times["r"][0] * 1e3
-        real = row["server_prefill_ms_mean"]
-        rows.append({"what": f"prefill {n}", "real_ms": real, "sim_ms": sim})
-    for row in profile["decode"]:
-        b, c, out = row["batch"], row["context_tokens"], row["output_tokens"]
-        reqs = [EngineRequest(f"r{i}", c, out, ignore_eos=True) for i in range(b)]
-        times = replay(gpu, reqs)
-        sim = 1e3 * float(np.mean([(last - first) / (out - 1) for first, last in times.values()]))
-        real = row["server_tpot_ms"]["median"]
-        rows.append({"what": f"TPOT batch {b} ctx {c}", "real_ms": real, "sim_ms": sim})
-    return rows
-
-
-def log_loss(rows: list[dict[str, Any]]) -> float:
-    return sum(math.log(r["sim_ms"] / r["real_ms"]) ** 2 for r in rows)
-
-
-def nelder_mead(
-    f: Callable[[np.ndarray], float], x0: np.ndarray, step: float = 0.3, iters: int = 300
-) -> np.ndarray:
-    """Minimise ``f`` from ``x0`` (the textbook simplex method; no scipy in the project)."""
-    pts = [x0.astype(float)] + [x0 + step * e for e in np.eye(len(x0))]
-    vals = [f(p) for p in pts]
-    for _ in range(iters):
-        order = np.argsort(vals)
-        pts, vals = [pts[i] for i in order], [vals[i] for i in order]
-        centre = np.mean(pts[:-1], axis=0)
-        reflected = centre + (centre - pts[-1])
-        fr = f(reflected)
-        if fr < vals[0]:
-            expanded = centre + 2 * (centre - pts[-1])
-            fe = f(expanded)
-            pts[-1], vals[-1] = (expanded, fe) if fe < fr else (reflected, fr)
-        elif fr < vals[-2]:
-            pts[-1], vals[-1] = reflected, fr
-        else:
-            contracted = centre + 0.5 * (pts[-1] - centre)
-            fc = f(contracted)
-            if fc < vals[-1]:
-                pts[-1], vals[-1] = contracted, fc
-            else:  # shrink towards the best point
-                pts = [pts[0]] + [pts[0] + 0.5 * (p - pts[0]) for p in pts[1:]]
-                vals = [vals[0]] + [f(p) for p in pts[1:]]
-    return pts[int(np.argmin(vals))]
-
-
 def fit(args: argparse.Namespace) -> None:
     profile = json.loads(args.profile.read_text())
 
@@ -244,9 +134,11 @@ def workload_points(args: argparse.Namespace) -> list[WorkloadPoint]:
     ]
 
 
-async def run_sides(urls: dict[str, str], args: argparse.Namespace) -> list[dict[str, Any]]:
+async def run_sides(
+    urls: dict[str, str], args: argparse.Namespace
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Every point on every side, alternating sides point by point; ``repeats`` sweeps, each
-    row the median over them (raw sweeps kept under ``"sweeps"``)."""
+    row the median over them (raw sweeps kept under ``"sweeps"``). Also the speed probes."""
     vocab = TinyModelSpec().vocab_size
     timeout = aiohttp.ClientTimeout(total=900)
     points = workload_points(args)
@@ -257,6 +149,7 @@ async def run_sides(urls: dict[str, str], args: argparse.Namespace) -> list[dict
         for url in urls.values():  # warm-up: lazy initialisation, first-request costs
             warm = WorkloadPoint(64, 4, 8, 16)
             await run_point(session, url, SERVED_MODEL_NAME, warm, random.Random(0), vocab)
+        probes = {"real_before": await speed_probe(session, urls["real"], vocab)}
         for sweep in range(args.repeats):
             for k, point in enumerate(points):
                 row: dict[str, Any] = {}
@@ -266,7 +159,18 @@ async def run_sides(urls: dict[str, str], args: argparse.Namespace) -> list[dict
                     row[side] = result.summary()
                 sweeps[k].append(row)
                 print(format_row(row), flush=True)
-    return [median_row(rows) for rows in sweeps]
+        probes["real_after"] = await speed_probe(session, urls["real"], vocab)
+        probes["sim"] = await speed_probe(session, urls["sim"], vocab)
+    return [median_row(rows) for rows in sweeps], probes
+
+
+async def speed_probe(session: aiohttp.ClientSession, url: str, vocab: int) -> float:
+    """The engine's own inter-token latency at batch 1 (32-token prompts, 128 tokens), in ms:
+    compared with the same figure at calibration time it shows how much slower the shared
+    machine runs the engine now."""
+    probe = WorkloadPoint(32, 1, 4, 128)
+    result = await run_point(session, url, SERVED_MODEL_NAME, probe, random.Random(1), vocab)
+    return result.server_itl_ms
 
 
 def median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -305,10 +209,12 @@ def compare(args: argparse.Namespace) -> None:
     load_before = os.getloadavg()[0]
     with VllmServer(venv, config) as real, sim_server(free_ports(1)[0]) as sim_url:
         print(TABLE_HEAD, flush=True)
-        rows = asyncio.run(run_sides({"real": real.base_url, "sim": sim_url}, args))
+        rows, probes = asyncio.run(run_sides({"real": real.base_url, "sim": sim_url}, args))
     print(f"median over {args.repeats} sweep(s):\n{TABLE_HEAD}")
     for row in rows:
         print(format_row(row))
+    probes["calibration"] = calibration_itl_ms()
+    print("batch-1 ITL (ms):", {k: round(v, 2) for k, v in probes.items()})
     report = {
         "meta": {
             "command": " ".join(["python benchmarks/sim_fidelity.py", *sys.argv[1:]]),
@@ -317,11 +223,19 @@ def compare(args: argparse.Namespace) -> None:
             "loadavg_1m_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             "real_flags": config.cli_args(0)[2:],
             "sim_gpu_profile": {k: getattr(get_gpu("CPU"), k) for k in _PROFILE_FIELDS},
+            "batch1_itl_ms": probes,
         },
         "points": rows,
     }
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
+
+
+def calibration_itl_ms() -> float:
+    """Batch-1 TPOT at 32 prompt tokens when the profile was measured (the fit's anchor)."""
+    rows = json.loads(PROFILE_JSON.read_text())["decode"]
+    row = next(r for r in rows if r["batch"] == 1 and r["context_tokens"] == 32)
+    return float(row["server_tpot_ms"]["median"])
 
 
 _PROFILE_FIELDS = ("flops", "mem_bw", "eta_mem", "eta_compute", "t0", "t_seq", "t_prefill")

@@ -4,9 +4,10 @@
 The gateway (``vcp serve``'s app, in-process, on a loopback port) fronts ``--instances``
 simulated vLLM servers. ``--concurrency`` clients send ``--requests`` OpenAI requests over HTTP:
 chat and completions, streamed or not, mixed priorities, some with hard deadlines, some that
-hang up early, some invalid. Meanwhile a fault injector switches a random fault on a random
-server every ``--fault-every`` seconds (5xx bursts, hangs, crashes mid-stream, 10x slowdowns,
-failing health checks, error frames, malformed frames, restarts) and clears it after a while.
+hang up early, some invalid. Meanwhile a fault injector switches a fault on a random server
+about every ``--fault-every`` seconds (5xx bursts, hangs, crashes mid-stream, 10x slowdowns,
+failing health checks, error frames, malformed frames, restarts — each kind once per round, in
+random order) and clears it 0.5–1.5 s later.
 
 Checked at the end (the script exits 1 if any fails):
 
@@ -192,16 +193,19 @@ async def inject_faults(gw: Gateway, args: argparse.Namespace, stop: asyncio.Eve
                         log: Counter[str]) -> None:  # fmt: skip
     rng = random.Random(args.seed + 1)
     names = [f"sim-{i}" for i in range(args.instances)]
+    order: list[tuple[str, dict[str, Any]]] = []
     while not stop.is_set():
         await _sleep_or_stop(stop, rng.uniform(0.5, 1.5) * args.fault_every)
         if stop.is_set():
             return
+        if not order:  # every kind once per round, in a random order
+            order = rng.sample(FAULTS, len(FAULTS))
         name = rng.choice(names)
-        label, fault = rng.choice(FAULTS)
+        label, fault = order.pop()
         server = gw.fleet.server(name)
         server.set_faults(**fault)
         log[label] += 1
-        await _sleep_or_stop(stop, rng.uniform(0.5, 2.0))
+        await _sleep_or_stop(stop, rng.uniform(0.5, 1.5))
         server.set_faults(**CLEAR)
 
 
@@ -330,9 +334,9 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--instances", type=int, default=4)
     ap.add_argument("--per-instance", type=int, default=8, help="max_concurrent_requests")
-    ap.add_argument("--max-queued", type=int, default=24)
+    ap.add_argument("--max-queued", type=int, default=32)
     ap.add_argument("--time-scale", type=float, default=0.01)
-    ap.add_argument("--fault-every", type=float, default=2.0, help="mean seconds between faults")
+    ap.add_argument("--fault-every", type=float, default=1.0, help="mean seconds between faults")
     ap.add_argument("--client-timeout", type=float, default=60.0)
     ap.add_argument("--warmup", type=int, default=2000, help="requests before the RSS baseline")
     ap.add_argument("--seed", type=int, default=0)

@@ -26,7 +26,7 @@ from vllm_control_plane import (
     ExecutionInstance,
     MonitorConfig,
     RequestMetadata,
-    RequestStatus,
+    RequestResult,
 )
 
 from .server import SERVED_MODEL_NAME, VllmServer
@@ -126,7 +126,7 @@ async def wait_until(
 
 async def wait_terminal(
     cp: ControlPlaneManager, request_ids: Sequence[str], timeout_s: float
-) -> dict[str, Any]:
+) -> dict[str, RequestResult]:
     """Every request's final result (fails the test if one is still live after the bound)."""
     results = await asyncio.wait_for(
         asyncio.gather(*(cp.get_result(rid) for rid in request_ids)), timeout_s
@@ -185,10 +185,3 @@ def kill_server(server: VllmServer) -> None:
     assert server.process is not None
     os.killpg(server.process.pid, signal.SIGKILL)
     server.process.wait(timeout=30)
-
-
-def statuses(results: dict[str, Any]) -> dict[RequestStatus, int]:
-    counts: dict[RequestStatus, int] = {}
-    for result in results.values():
-        counts[result.status] = counts.get(result.status, 0) + 1
-    return counts

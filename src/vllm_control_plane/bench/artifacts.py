@@ -50,8 +50,14 @@ def write_comparison(comp: Comparison, out: Path, *, plots: bool = True) -> list
     highlight = [*project, *([best.config.name] if best else [])]
     refs = {e.config.name: e.reference for e in comp.entries if e.reference is not None}
     title = comp.scenario.title
-    paths.append(p.attainment_vs_rate({e.config.name: e.goodput for e in comp.entries},
-                                      out / f"{name}_attainment.png", highlight, title))  # fmt: skip
+    paths.append(
+        p.attainment_vs_rate(
+            {e.config.name: e.goodput for e in comp.entries},
+            out / f"{name}_attainment.png",
+            highlight,
+            title,
+        )
+    )
     if refs:
         paths.append(p.latency_cdfs(refs, out / f"{name}_latency_cdf.png", highlight, title))
         shown = {k: refs[k] for k in highlight if k in refs}

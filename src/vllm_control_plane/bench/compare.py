@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from vllm_control_plane.bench.goodput import Goodput, Probe, search
+from vllm_control_plane.bench.goodput import TARGET, Goodput, Probe, search
 from vllm_control_plane.bench.report import fmt, markdown_table, run_table, summarize
 from vllm_control_plane.bench.results import RunResult
 from vllm_control_plane.bench.runner_virtual import run_virtual
-from vllm_control_plane.bench.scenarios import Scenario
+from vllm_control_plane.bench.scenarios import Scenario, get_scenario
 from vllm_control_plane.bench.setup import BenchConfig
+from vllm_control_plane.bench.workloads import BenchRequest, Workload
 
 OnProbe = Callable[[str, Probe], None]
 
@@ -73,19 +75,29 @@ class Comparison:
 
     # -------------------------------------------------------------------------- output ----
     def goodput_table(self) -> str:
-        headers = ["config", "policy / strategy", "goodput req/s", "× round robin",
-                   "× best baseline", "rejected at goodput", "probes"]  # fmt: skip
+        headers = [
+            "config",
+            "policy / strategy",
+            "goodput req/s",
+            "× round robin",
+            "× best baseline",
+            "rejected at goodput",
+            "probes",
+        ]
         rows = []
         for e in sorted(self.entries, key=lambda x: -x.rate):
             vs_rr, vs_best = self.ratios(e)
-            rows.append([
-                e.config.name + ("" if e.config.baseline else " (project)"),
-                f"{e.config.policy} / {e.config.strategy}",
-                fmt(e.goodput.rate, 2) + ("" if e.goodput.bracketed else " (≥)"),
-                fmt(vs_rr, 2), fmt(vs_best, 2),
-                fmt(e.goodput.rejection_rate, pct=True),
-                str(len(e.goodput.probes)),
-            ])  # fmt: skip
+            rows.append(
+                [
+                    e.config.name + ("" if e.config.baseline else " (project)"),
+                    f"{e.config.policy} / {e.config.strategy}",
+                    fmt(e.goodput.rate, 2) + ("" if e.goodput.bracketed else " (≥)"),
+                    fmt(vs_rr, 2),
+                    fmt(vs_best, 2),
+                    fmt(e.goodput.rejection_rate, pct=True),
+                    str(len(e.goodput.probes)),
+                ]
+            )
         return markdown_table(headers, rows)
 
     def reference_table(self) -> str:
@@ -131,14 +143,106 @@ class Comparison:
         }
         for e in self.entries:
             vs_rr, vs_best = self.ratios(e)
-            out["configs"].append({  # type: ignore[attr-defined]
-                **e.config.describe(),
-                "goodput": e.goodput.to_dict(),
-                "vs_round_robin": vs_rr,
-                "vs_best_baseline": vs_best,
-                "reference": summarize(e.reference) if e.reference else None,
-            })  # fmt: skip
+            out["configs"].append(
+                {  # type: ignore[attr-defined]
+                    **e.config.describe(),
+                    "goodput": e.goodput.to_dict(),
+                    "vs_round_robin": vs_rr,
+                    "vs_best_baseline": vs_best,
+                    "reference": summarize(e.reference) if e.reference else None,
+                }
+            )
         return out
+
+
+def miss_budget(requests: Sequence[BenchRequest], target: float = TARGET) -> int:
+    """How many SLO misses a run may have and still reach ``target`` attainment."""
+    return int((1 - target) * sum(1 for r in requests if r.cls.has_slo))
+
+
+def probe_runner(
+    scenario: Scenario, workload: Workload, cfg: BenchConfig, seed: int, duration: float
+) -> Callable[[float, bool], RunResult]:
+    """``run_at(multiplier, fail_fast)`` for one configuration on the scenario's stream."""
+
+    def run_at(m: float, fail_fast: bool = False) -> RunResult:
+        reqs = workload.requests(duration, m)
+        limit = miss_budget(reqs) if fail_fast else None
+        return run_virtual(
+            scenario.fleet,
+            cfg,
+            reqs,
+            scenario=scenario.name,
+            seed=seed,
+            multiplier=m,
+            duration_s=duration,
+            max_misses=limit,
+        )
+
+    return run_at
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What a worker process needs (scenarios are re-resolved by name: no pickled closures)."""
+
+    scenario: str
+    config: BenchConfig
+    seed: int
+    duration: float
+    max_runs: int
+    traces_dir: Path | None
+    multiplier: float | None = None  # set: one reference run instead of a search
+
+
+_WORKLOADS: dict[tuple[str, int, Path | None], Workload] = {}
+
+
+def _workload(job: _Job) -> tuple[Scenario, Workload]:
+    scenario = get_scenario(job.scenario)
+    key = (job.scenario, job.seed, job.traces_dir)
+    if key not in _WORKLOADS:  # one per process: trace parsing and generation happen once
+        _WORKLOADS[key] = scenario.workload(job.seed, job.traces_dir)
+    return scenario, _WORKLOADS[key]
+
+
+def _search_job(job: _Job, on_probe: Callable[[Probe], None] | None = None) -> Goodput:
+    scenario, workload = _workload(job)
+    run_at = probe_runner(scenario, workload, job.config, job.seed, job.duration)
+    g = search(run_at, start=scenario.start_multiplier, max_runs=job.max_runs, on_probe=on_probe)
+    g.best_run = None  # keep results small: the reference runs are what gets tabulated
+    return g
+
+
+def _reference_job(job: _Job) -> RunResult:
+    scenario, workload = _workload(job)
+    assert job.multiplier is not None
+    return probe_runner(scenario, workload, job.config, job.seed, job.duration)(job.multiplier)
+
+
+def _map(
+    fn: Callable[[_Job], object],
+    jobs: list[_Job],
+    workers: int,
+    done: Callable[[_Job], None] | None,
+) -> list[object]:
+    """Run ``fn`` over ``jobs`` in order, in ``workers`` processes when > 1."""
+    if workers <= 1:
+        out = []
+        for job in jobs:
+            out.append(fn(job))
+            if done is not None:
+                done(job)
+        return out
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(fn, job): k for k, job in enumerate(jobs)}
+        results: list[object] = [None] * len(jobs)
+        for fut in as_completed(futures):
+            k = futures[fut]
+            results[k] = fut.result()
+            if done is not None:
+                done(jobs[k])
+        return results
 
 
 def compare(
@@ -149,35 +253,39 @@ def compare(
     duration_s: float | None = None,
     max_runs: int = 9,
     traces_dir: Path | None = None,
+    jobs: int = 1,
     on_probe: OnProbe | None = None,
-    on_reference: Callable[[str], None] | None = None,
+    on_done: Callable[[str, str], None] | None = None,
 ) -> Comparison:
-    """Goodput search for every config, then a side-by-side run at the reference load."""
+    """Goodput search for every config, then a side-by-side run at the reference load.
+
+    ``jobs`` > 1 runs configurations in that many processes (each run stays deterministic);
+    ``on_probe`` (serial only) hears every probe, ``on_done(phase, config)`` every finished job.
+    """
     wall = time.perf_counter()
     duration = duration_s or scenario.duration_s
-    workload = scenario.workload(seed, traces_dir)
-    result = Comparison(scenario, seed, duration, workload=workload.describe())
+    result = Comparison(scenario, seed, duration)
+    base = [_Job(scenario.name, c, seed, duration, max_runs, traces_dir) for c in configs]
+    _, workload = _workload(base[0]) if base else (None, scenario.workload(seed, traces_dir))
+    result.workload = workload.describe()
 
-    def runner(cfg: BenchConfig) -> Callable[[float], RunResult]:
-        def run_at(m: float) -> RunResult:
-            reqs = workload.requests(duration, m)
-            return run_virtual(scenario.fleet, cfg, reqs, scenario=scenario.name, seed=seed,
-                               multiplier=m, duration_s=duration)  # fmt: skip
+    def searched(job: _Job) -> Goodput:
+        report = (lambda p: on_probe(job.config.name, p)) if on_probe and jobs <= 1 else None
+        return _search_job(job, report)
 
-        return run_at
+    def tell(phase: str) -> Callable[[_Job], None] | None:
+        return (lambda job: on_done(phase, job.config.name)) if on_done else None
 
-    for cfg in configs:
-        report = (lambda p, n=cfg.name: on_probe(n, p)) if on_probe else None
-        g = search(runner(cfg), start=scenario.start_multiplier, max_runs=max_runs,
-                   on_probe=report)  # fmt: skip
-        g.best_run = None  # keep memory flat: the reference runs are what we tabulate
-        result.entries.append(Entry(cfg, g))
+    goodputs = _map(searched if jobs <= 1 else _search_job, base, jobs, tell("search"))
+    result.entries = [Entry(c, g) for c, g in zip(configs, goodputs, strict=True)]  # type: ignore[misc]
     best = result.best_baseline() or (result.entries[0] if result.entries else None)
     if best is not None and best.goodput.multiplier is not None:
-        result.reference_multiplier = best.goodput.multiplier
-        for e in result.entries:
-            if on_reference is not None:
-                on_reference(e.config.name)
-            e.reference = runner(e.config)(best.goodput.multiplier)
+        m = best.goodput.multiplier
+        result.reference_multiplier = m
+        refs = _map(
+            _reference_job, [replace(j, multiplier=m) for j in base], jobs, tell("reference")
+        )
+        for e, r in zip(result.entries, refs, strict=True):
+            e.reference = r  # type: ignore[assignment]
     result.wall_s = time.perf_counter() - wall
     return result

@@ -28,10 +28,11 @@ TARGET = 0.90
 class Probe:
     multiplier: float
     rate: float  # offered requests/s
-    attainment: float
+    attainment: float  # an upper bound when ``aborted``
     rejection_rate: float
     passed: bool
     wall_s: float
+    aborted: bool = False  # stopped once more than 10 % had missed (fail fast)
 
 
 @dataclass
@@ -54,7 +55,7 @@ class Goodput:
 
 
 def search(
-    run_at: Callable[[float], RunResult],
+    run_at: Callable[[float, bool], RunResult],
     *,
     start: float = 1.0,
     target: float = TARGET,
@@ -63,19 +64,32 @@ def search(
     lowest: float = 1 / 64,
     highest: float = 64.0,
     on_probe: Callable[[Probe], None] | None = None,
+    fail_fast: bool = True,
 ) -> Goodput:
-    """Find the highest multiplier whose run meets ``target`` attainment (see module doc)."""
+    """Find the highest multiplier whose run meets ``target`` attainment (see module doc).
+
+    ``run_at(m, fail_fast)`` runs the stream at multiplier ``m``; with ``fail_fast`` it may stop
+    as soon as the run can no longer reach the target (``RunResult.aborted``): a failed probe
+    then costs a fraction of a full run, and its attainment is only an upper bound.
+    """
     found = Goodput(None, None, None)
     lo: float | None = None
     hi: float | None = None
 
     def probe(m: float) -> bool:
-        run = run_at(m)
+        run = run_at(m, fail_fast)
         att = attainment(run.outcomes)
-        ok = att is not None and att >= target
+        ok = att is not None and att >= target and not run.aborted
         s = summarize(run)
-        p = Probe(m, run.offered_rate, att if att is not None else 0.0,
-                  float(s["rejection_rate"]), ok, run.wall_s)  # type: ignore[arg-type]  # fmt: skip
+        p = Probe(
+            m,
+            run.offered_rate,
+            att if att is not None else 0.0,
+            float(s["rejection_rate"]),
+            ok,
+            run.wall_s,
+            run.aborted,
+        )  # type: ignore[arg-type]
         found.probes.append(p)
         if on_probe is not None:
             on_probe(p)

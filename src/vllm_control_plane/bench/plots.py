@@ -21,13 +21,14 @@ try:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "plots need matplotlib: pip install 'vllm-control-plane[bench]'"
-    ) from exc
+    raise ImportError("plots need matplotlib: pip install 'vllm-control-plane[bench]'") from exc
 
 
 def _style(name: str, highlight: Sequence[str]) -> dict[str, object]:
-    return {"linewidth": 2.4 if name in highlight else 1.1, "alpha": 1.0 if name in highlight else 0.75}
+    return {
+        "linewidth": 2.4 if name in highlight else 1.1,
+        "alpha": 1.0 if name in highlight else 0.75,
+    }
 
 
 def latency_cdfs(
@@ -63,8 +64,14 @@ def attainment_vs_rate(
         pts = sorted(g.probes, key=lambda p: p.rate)
         if not pts:
             continue
-        ax.plot([p.rate for p in pts], [p.attainment for p in pts], marker="o", markersize=3,
-                label=name, **_style(name, highlight))  # fmt: skip
+        ax.plot(
+            [p.rate for p in pts],
+            [p.attainment for p in pts],
+            marker="o",
+            markersize=3,
+            label=name,
+            **_style(name, highlight),
+        )
     ax.axhline(TARGET, color="black", linestyle="--", linewidth=0.8)
     ax.set_xlabel("offered rate (requests/s)")
     ax.set_ylabel("SLO attainment")

@@ -36,7 +36,7 @@ def percentiles(values: Sequence[float], scale: float = 1e3) -> dict[str, float 
         return {f"p{p}": None for p in PERCENTILES} | {"mean": None}
     arr = np.asarray(values, dtype=float) * scale
     out: dict[str, float | None] = {
-        f"p{p}": float(v) for p, v in zip(PERCENTILES, np.percentile(arr, PERCENTILES))
+        f"p{p}": float(v) for p, v in zip(PERCENTILES, np.percentile(arr, PERCENTILES), strict=True)
     }
     out["mean"] = float(arr.mean())
     return out
@@ -143,24 +143,35 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str
 def run_table(summaries: Sequence[dict[str, object]]) -> str:
     """One row per run: attainment and rejections first, then latency percentiles."""
     headers = [
-        "config", "req/s", "SLO met", "rejected", "TTFT p50/p90/p99 ms", "TPOT p50/p90/p99 ms",
-        "ITL p50/p99 ms", "E2E p50/p90/p99 ms", "prefix hit", "imbalance", "$/1k met",
-    ]  # fmt: skip
+        "config",
+        "req/s",
+        "SLO met",
+        "rejected",
+        "TTFT p50/p90/p99 ms",
+        "TPOT p50/p90/p99 ms",
+        "ITL p50/p99 ms",
+        "E2E p50/p90/p99 ms",
+        "prefix hit",
+        "imbalance",
+        "$/1k met",
+    ]
     rows = []
     for s in summaries:
-        rows.append([
-            str(s["config"]),
-            fmt(s["offered_rate"], 2),
-            fmt(s["slo_attainment"], pct=True),
-            fmt(s["rejection_rate"], pct=True),
-            _triple(s["ttft_ms"]),
-            _triple(s["tpot_ms"], 1),
-            _pair(s["itl_ms"]),
-            _triple(s["e2e_ms"]),
-            fmt(s["prefix_hit_rate"], pct=True),
-            fmt(s["load_imbalance"], 2),
-            fmt(s["usd_per_1k_slo_met"], 3),
-        ])  # fmt: skip
+        rows.append(
+            [
+                str(s["config"]),
+                fmt(s["offered_rate"], 2),
+                fmt(s["slo_attainment"], pct=True),
+                fmt(s["rejection_rate"], pct=True),
+                _triple(s["ttft_ms"]),
+                _triple(s["tpot_ms"], 1),
+                _pair(s["itl_ms"]),
+                _triple(s["e2e_ms"]),
+                fmt(s["prefix_hit_rate"], pct=True),
+                fmt(s["load_imbalance"], 2),
+                fmt(s["usd_per_1k_slo_met"], 3),
+            ]
+        )
     return markdown_table(headers, rows)
 
 

@@ -133,6 +133,7 @@ class RunResult:
     wall_s: float = 0.0
     fleet_usd_per_hour: float = 0.0
     notes: list[str] = field(default_factory=list)
+    aborted: bool = False  # stopped early once it could no longer meet the target (fail fast)
 
     def to_dict(self, with_outcomes: bool = True) -> dict[str, object]:
         out = {
@@ -151,6 +152,7 @@ class RunResult:
             "wall_s": self.wall_s,
             "fleet_usd_per_hour": self.fleet_usd_per_hour,
             "notes": self.notes,
+            "aborted": self.aborted,
             "itl_histogram": self.itl.to_dict(),
         }
         if with_outcomes:

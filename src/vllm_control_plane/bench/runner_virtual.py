@@ -80,6 +80,7 @@ class VirtualRun:
         seed: int = 0,
         scrape_interval: float = DEFAULT_SCRAPE_S,
         progress: Progress | None = None,
+        max_misses: int | None = None,
     ) -> None:
         self.config = with_history(config, len(requests))
         self.requests = sorted(requests, key=lambda r: r.arrival)
@@ -87,8 +88,9 @@ class VirtualRun:
         self.seed = seed
         self.scrape_interval = scrape_interval
         self.progress = progress
-        self.core = ControlCore(config.policy, config.strategy, seed=seed,
-                                limits=self.config.limits)  # fmt: skip
+        self.core = ControlCore(
+            config.policy, config.strategy, seed=seed, limits=self.config.limits
+        )
         self.engines: list[_Engine] = []
         self.index: dict[str, int] = {}
         for k, (iid, group) in enumerate(fleet.members()):
@@ -109,6 +111,9 @@ class VirtualRun:
         self._on_engine = 0  # dispatched and not finished
         self._queued = False  # the core held requests back after the last dispatch call
         self._hashes: dict[str, tuple[int, ...]] = {}  # block hashes of live requests
+        self.max_misses = max_misses
+        self.misses = 0  # SLO misses seen so far (rejections at submission, completions)
+        self.aborted = False
 
     # ------------------------------------------------------------------------ main loop ----
     def run(self) -> tuple[list[Outcome], float]:
@@ -116,7 +121,7 @@ class VirtualRun:
         last_arrival = self.requests[-1].arrival if self.requests else 0.0
         stop_at = last_arrival + DRAIN_LIMIT_S
         now = 0.0
-        while True:
+        while not self.aborted:
             t_ext = self._next_external()
             head = self.heap[0] if self.heap else None
             if head is not None and (head[0], head[1]) < (t_ext, _EXTERNAL):
@@ -180,17 +185,31 @@ class VirtualRun:
             prompt_tokens=req.prompt_tokens,
         )
         hashes = block_hashes(req.segments)
-        rec = self.core.submit(meta, now, prompt_tokens=req.prompt_tokens,
-                               prompt_text=prompt_text(req.segments), block_hashes=hashes)  # fmt: skip
+        rec = self.core.submit(
+            meta,
+            now,
+            prompt_tokens=req.prompt_tokens,
+            prompt_text=prompt_text(req.segments),
+            block_hashes=hashes,
+        )
         if not rec.is_terminal:
             self._hashes[req.request_id] = hashes
+        elif rec.met_slo() is False:
+            self._miss()
+
+    def _miss(self) -> None:
+        """Count an SLO miss; past ``max_misses`` the run has failed and stops (fail fast)."""
+        self.misses += 1
+        if self.max_misses is not None and self.misses > self.max_misses:
+            self.aborted = True
 
     def _scrape(self, now: float) -> None:
         outstanding, kv = [], []
         for e in self.engines:
             st = e.engine.stats()
-            self.core.update_load(e.iid, st.num_requests_running, st.num_requests_waiting,
-                                  st.kv_cache_usage_perc, now)  # fmt: skip
+            self.core.update_load(
+                e.iid, st.num_requests_running, st.num_requests_waiting, st.kv_cache_usage_perc, now
+            )
             outstanding.append(st.num_requests_running + st.num_requests_waiting)
             kv.append(st.kv_cache_usage_perc)
         self.load.add(now, outstanding, kv)
@@ -262,6 +281,8 @@ class VirtualRun:
                 self._on_engine -= 1
                 self._hashes.pop(out.request_id, None)
                 completed = True
+                if core.record(out.request_id).met_slo() is False:
+                    self._miss()
         return completed
 
     def _horizon(self, i: int, t: float) -> float:
@@ -302,9 +323,22 @@ class VirtualRun:
     def _outcomes(self, now: float) -> list[Outcome]:
         out = []
         for req in self.requests:
-            if not self.core.knows(req.request_id):
-                continue  # never submitted (the run was cut)
-            out.append(self._outcome(req, now))
+            if self.core.knows(req.request_id):
+                out.append(self._outcome(req, now))
+            else:  # never submitted: the run stopped early
+                cls = req.cls
+                out.append(
+                    Outcome(
+                        req.request_id,
+                        cls.name,
+                        cls.priority.name.lower(),
+                        req.arrival,
+                        "unfinished",
+                        cls.has_slo,
+                        False if cls.has_slo else None,
+                        req.prompt_tokens,
+                    )
+                )
         return out
 
     def _outcome(self, req: BenchRequest, now: float) -> Outcome:
@@ -364,11 +398,23 @@ def run_virtual(
     duration_s: float | None = None,
     scrape_interval: float = DEFAULT_SCRAPE_S,
     progress: Progress | None = None,
+    max_misses: int | None = None,
 ) -> RunResult:
-    """One deterministic virtual-time run of ``requests`` on ``fleet`` under ``config``."""
+    """One deterministic virtual-time run of ``requests`` on ``fleet`` under ``config``.
+
+    ``max_misses``: stop as soon as more requests than this have missed their SLO (the run
+    has failed whatever happens next); the rest count as unfinished and ``aborted`` is set.
+    """
     wall = time.perf_counter()
-    run = VirtualRun(fleet, config, requests, seed=seed, scrape_interval=scrape_interval,
-                     progress=progress)  # fmt: skip
+    run = VirtualRun(
+        fleet,
+        config,
+        requests,
+        seed=seed,
+        scrape_interval=scrape_interval,
+        progress=progress,
+        max_misses=max_misses,
+    )
     outcomes, end = run.run()
     window = duration_s or (max((r.arrival for r in requests), default=0.0) or 1.0)
     return RunResult(
@@ -389,4 +435,5 @@ def run_virtual(
         end_s=end,
         wall_s=time.perf_counter() - wall,
         fleet_usd_per_hour=run.fleet_usd_per_hour(),
+        aborted=run.aborted,
     )

@@ -143,7 +143,7 @@ SCENARIOS: dict[str, Scenario] = {
             "tight to loose, bursty arrivals (gamma, CV 1.5) on 2 × A100-80G, llama-3-8b.",
             FleetSpec((InstanceGroup("a100", 2, gpu="A100-80G"),)),
             _priorities,
-            duration_s=600,
+            duration_s=300,
         ),
         Scenario(
             "interactive_batch",
@@ -152,7 +152,7 @@ SCENARIOS: dict[str, Scenario] = {
             "outputs) on 2 × H100, llama-3-8b.",
             FleetSpec((InstanceGroup("h100", 2, gpu=H100),)),
             _interactive_batch,
-            duration_s=600,
+            duration_s=300,
         ),
         Scenario(
             "heterogeneous",
@@ -167,7 +167,7 @@ SCENARIOS: dict[str, Scenario] = {
                 )
             ),
             _heterogeneous,
-            duration_s=600,
+            duration_s=300,
         ),
         Scenario(
             "multiturn",
@@ -176,7 +176,7 @@ SCENARIOS: dict[str, Scenario] = {
             "prompts; each turn re-sends the history. 4 × A100-80G, llama-3-8b.",
             FleetSpec((InstanceGroup("a100", 4, gpu="A100-80G"),)),
             _multiturn,
-            duration_s=600,
+            duration_s=300,
         ),
         Scenario(
             "azure",
@@ -185,7 +185,7 @@ SCENARIOS: dict[str, Scenario] = {
             "2 × A100-80G, llama-3-8b; TTFT 2 s, TPOT 100 ms.",
             FleetSpec((InstanceGroup("a100", 2, gpu="A100-80G"),)),
             _azure,
-            duration_s=600,
+            duration_s=300,
             start_multiplier=2.0,
         ),
         Scenario(
@@ -195,7 +195,7 @@ SCENARIOS: dict[str, Scenario] = {
             "on 4 × H100, qwen2.5-7b (32K context); TTFT 10 s, TPOT 100 ms.",
             FleetSpec((InstanceGroup("h100", 4, model="qwen2.5-7b", gpu=H100),)),
             _mooncake,
-            duration_s=600,
+            duration_s=300,
         ),
     )
 }

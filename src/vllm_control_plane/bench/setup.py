@@ -131,6 +131,39 @@ def baselines(names: Sequence[str] = BASELINES) -> list[BenchConfig]:
     return [baseline(n) for n in names]
 
 
+PROJECT_BEST = "vcp_best"
+
+
+def project_best() -> BenchConfig:
+    """The project's best configuration, the same for every scenario (docs/bench.md says why).
+
+    ``slo_aware`` orders the queue by slack, checks that an instance can meet a request's TTFT,
+    TPOT and deadline before placing it there, and demotes requests that can no longer make it;
+    ``predictive`` places each request where its predicted latency (own prefill backlog, cached
+    prefix, decode at the current batch) is lowest; a cap of 128 requests in flight per A100-80G
+    of capacity keeps the engines' batches where decode stays fast and makes the control plane's
+    queue — where the policy acts — the place requests wait.
+    """
+    return BenchConfig(PROJECT_BEST, "slo_aware", "predictive", concurrency_per_capacity=128)
+
+
+def resolve_config(
+    name: str, policy: str | None, strategy: str | None, concurrency: float | None
+) -> BenchConfig:
+    """``vcp bench run``'s configuration: a named one, optionally with overrides."""
+    key = name.strip().lower().replace("-", "_")
+    cfg = project_best() if key == PROJECT_BEST else baseline(key)
+    if policy is None and strategy is None and concurrency is None:
+        return cfg
+    get_policy_name = policy or cfg.policy
+    strat = normalize_name(strategy) if strategy else cfg.strategy
+    cap = concurrency if concurrency is not None else cfg.concurrency_per_capacity
+    label = f"{get_policy_name}+{strat}" + (f"@{cap:g}" if cap is not None else "")
+    return replace(
+        cfg, name=label, policy=get_policy_name, strategy=strat, concurrency_per_capacity=cap
+    )
+
+
 def with_history(config: BenchConfig, requests: int) -> BenchConfig:
     """A copy whose core keeps every finished record (the runner reads them at the end)."""
     limits = replace(config.limits, history_size=max(config.limits.history_size, requests + 1))

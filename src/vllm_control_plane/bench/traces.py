@@ -106,8 +106,9 @@ def read_mooncake(path: str | Path) -> Iterator[TraceRecord]:
             except ValueError as exc:
                 raise TraceFormatError(path, line_no, str(exc)) from None
             origin = rec.arrival_s if origin is None else origin
-            yield TraceRecord(rec.arrival_s - origin, rec.prompt_tokens, rec.output_tokens,
-                              rec.block_ids)  # fmt: skip
+            yield TraceRecord(
+                rec.arrival_s - origin, rec.prompt_tokens, rec.output_tokens, rec.block_ids
+            )
 
 
 def _parse_mooncake_line(line: str) -> TraceRecord:

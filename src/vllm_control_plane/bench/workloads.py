@@ -55,6 +55,10 @@ class RequestClass:
     tenant: str | None = None
     max_tokens: int | None = None  # the client's cap; None: not set (the engine's limit)
 
+    @property
+    def has_slo(self) -> bool:
+        return any(v is not None for v in (self.ttft_slo_ms, self.tpot_slo_ms, self.e2e_slo_ms))
+
     def describe(self) -> dict[str, object]:
         return {
             "name": self.name,
@@ -336,8 +340,9 @@ class TraceWorkload(Workload):
             output = min(output, cap, self.max_model_len // 2)
             prompt = min(rec.prompt_tokens, self.max_model_len - output)
             segs = self._segments(i, rec.prompt_tokens, rec.block_ids)
-            yield BenchRequest(f"r{i}", rec.arrival_s / self.speedup, clip(segs, prompt), output,
-                               cls)  # fmt: skip
+            yield BenchRequest(
+                f"r{i}", rec.arrival_s / self.speedup, clip(segs, prompt), output, cls
+            )
 
     def describe(self) -> dict[str, object]:
         return {

@@ -129,11 +129,13 @@ class Accounting:
     def _record_completion(self, rec: RequestRecord) -> None:
         self.prompt_tokens += rec.prompt_tokens
         self.completion_tokens += rec.completion_tokens
-        for window, value in ((self._latency, rec.e2e_ms), (self._ttft, rec.ttft_ms)):
-            if value is not None:
-                window.append(value)
-        if rec.tpot_ms is not None:
-            self._tpot.append(rec.tpot_ms)
+        e2e, ttft = rec.e2e_ms, rec.ttft_ms
+        if e2e is not None:
+            self._latency.append(e2e)
+        if ttft is not None:
+            self._ttft.append(ttft)
+        if e2e is not None and ttft is not None and rec.completion_tokens >= 2:
+            self._tpot.append((e2e - ttft) / (rec.completion_tokens - 1))  # rec.tpot_ms, inline
         assert rec.finished_at is not None
         self._finishes.append((rec.finished_at, rec.completion_tokens))
         self._prune(rec.finished_at - self.rate_window_s)

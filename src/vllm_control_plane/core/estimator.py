@@ -19,10 +19,11 @@ How it works:
   count is read from its name ("mistral-7b" → 7e9, "8x7b" → 56e9), else an 8B model.
 
 Raw step times are memoised on ``(profile, batch, waiting, prompt bucket, output bucket)`` with
-buckets at most 25 % wide, and final predictions on ``(deployment, batch, waiting, prompt,
-output, calibration ratios)`` — everything they depend on, so instances of one deployment
-(same profiles, TP, PP and price) under the same load share entries, and a dispatch that
-compares 64 instances costs dictionary look-ups.
+buckets at most 25 % wide, and final predictions on ``(instance, batch, waiting, prompt,
+output)`` while the instance's calibration is unchanged — on ``(deployment, ...)`` before its
+first calibration, so uncalibrated instances of one deployment (same profiles, TP, PP and
+price) under the same load share entries — and a dispatch that compares 64 instances costs
+dictionary look-ups.
 """
 
 from __future__ import annotations
@@ -149,13 +150,17 @@ class RooflineEstimator:
         self._perf_by_id: dict[str, tuple[ExecutionInstance, _Perf]] = {}
         self._calib: dict[str, _Calibration] = {}
         self._raw: dict[tuple[object, ...], tuple[float, float]] = {}
+        self._buckets: dict[tuple[int, int], tuple[int, int]] = {}  # (prompt, output) → buckets
         # One _Perf per distinct deployment (profile key and price), so instances of the same
         # deployment share the memo below.
         self._perfs: dict[tuple[object, ...], _Perf] = {}
-        # Final predictions by (deployment, batch, waiting, prompt, output[, calibration]):
-        # everything a prediction depends on, so identical instances under the same load share
-        # entries, and a dispatch that changes one instance's load leaves the rest valid.
-        self._memo: dict[tuple[object, ...], Prediction] = {}
+        # Final predictions of uncalibrated instances by (deployment, batch, waiting, prompt,
+        # output): identical instances under the same load share entries.
+        self._shared: dict[tuple[int, int, int, int, int], Prediction] = {}
+        # Of calibrated ones by (instance, batch, waiting, prompt, output), valid while the
+        # instance's calibration (sample count) and profile are unchanged; an update replaces
+        # the entry, so calibration churn does not grow this table.
+        self._memo: dict[tuple[object, ...], tuple[int, _Perf, Prediction]] = {}
 
     # -- prediction ---------------------------------------------------------------------------
     def predict(
@@ -169,16 +174,23 @@ class RooflineEstimator:
             batch = perf.max_seqs
         waiting = instance.num_requests_waiting
         calib = self._calib.get(iid)
-        key: tuple[object, ...] = (perf.ident, batch, waiting, prompt_tokens, output_tokens)
-        if calib is not None:
-            key = (*key, calib.ttft, calib.tpot)
+        if calib is None:  # uncalibrated: shared by every instance of the deployment
+            shared_key = (perf.ident, batch, waiting, prompt_tokens, output_tokens)
+            pred = self._shared.get(shared_key)
+            if pred is None:
+                pred = self._predict(None, perf, batch, waiting, prompt_tokens, output_tokens)
+                if len(self._shared) >= _CACHE_LIMIT:
+                    self._shared.clear()
+                self._shared[shared_key] = pred
+            return pred
+        key = (iid, batch, waiting, prompt_tokens, output_tokens)
         hit = self._memo.get(key)
-        if hit is not None:
-            return hit
+        if hit is not None and hit[0] == calib.samples and hit[1] is perf:
+            return hit[2]
         pred = self._predict(calib, perf, batch, waiting, prompt_tokens, output_tokens)
         if len(self._memo) >= _CACHE_LIMIT:
             self._memo.clear()
-        self._memo[key] = pred
+        self._memo[key] = (calib.samples, perf, pred)
         return pred
 
     def predict_floor(
@@ -205,7 +217,10 @@ class RooflineEstimator:
         prompt: int,
         output: int,
     ) -> Prediction:
-        key = (perf.key, batch, waiting, _bucket(prompt), _bucket(output))
+        buckets = self._buckets.get((prompt, output))
+        if buckets is None:
+            buckets = self._bucket_pair(prompt, output)
+        key = (perf.key, batch, waiting, *buckets)
         raw = self._raw.get(key)
         if raw is None:
             raw = self._raw_times(key, perf)
@@ -215,6 +230,12 @@ class RooflineEstimator:
         latency_s = ttft_s + tpot_s * (output - 1 if output > 1 else 0)
         cost = latency_s * perf.usd_per_s / batch
         return Prediction(ttft_s * 1e3, tpot_s * 1e3, latency_s * 1e3, cost)
+
+    def _bucket_pair(self, prompt: int, output: int) -> tuple[int, int]:
+        if len(self._buckets) >= _CACHE_LIMIT:
+            self._buckets.clear()
+        pair = self._buckets[(prompt, output)] = (_bucket(prompt), _bucket(output))
+        return pair
 
     def _raw_times(self, key: tuple[object, ...], perf: _Perf) -> tuple[float, float]:
         if len(self._raw) >= _CACHE_LIMIT:

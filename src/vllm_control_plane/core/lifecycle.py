@@ -152,19 +152,21 @@ class RequestRecord:
         Cancelled requests are not judged (the client withdrew them); failed, rejected and
         timed-out ones that carried an SLO did not meet it.
         """
-        if not self.request.has_slo or not self.is_terminal:
+        req = self.request
+        e2e_slo, ttft_slo, tpot_slo = req.slo_deadline_ms, req.ttft_slo_ms, req.tpot_slo_ms
+        if e2e_slo is None and ttft_slo is None and tpot_slo is None:  # no SLO (hot: inline)
             return None
-        if self.status is RequestStatus.CANCELLED:
+        if not self.is_terminal or self.status is RequestStatus.CANCELLED:
             return None
         if self.status is not RequestStatus.COMPLETED:
             return False
-        req = self.request
-        checks = (
-            (req.slo_deadline_ms, self.e2e_ms),
-            (req.ttft_slo_ms, self.ttft_ms),
-            (req.tpot_slo_ms, self.tpot_ms),
-        )
-        return all(limit is None or value is None or value <= limit for limit, value in checks)
+        e2e, ttft = self.e2e_ms, self.ttft_ms
+        if e2e_slo is not None and e2e is not None and not e2e <= e2e_slo:
+            return False
+        if ttft_slo is not None and ttft is not None and not ttft <= ttft_slo:
+            return False
+        tpot = self.tpot_ms if tpot_slo is not None else None
+        return tpot is None or tpot <= tpot_slo  # type: ignore[operator]
 
     def transition(self, to: RequestStatus, now: float, reason: str | None = None) -> None:
         """Move to ``to`` or raise :class:`IllegalTransition`; terminal moves stamp finished_at."""

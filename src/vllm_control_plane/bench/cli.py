@@ -1,0 +1,213 @@
+"""``vcp bench``: list, run, compare (virtual time) and live (any OpenAI-compatible URL).
+
+Heavy imports happen inside the commands, so ``vcp --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import typer
+
+bench_app = typer.Typer(
+    name="bench",
+    help="Benchmarks: the project's policies against baseline routers (docs/bench.md).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+DEFAULT_OUT = Path("bench-results")
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(2)
+
+
+@bench_app.command("list")
+def list_cmd() -> None:
+    """Scenarios, the project's configuration, baselines, policies and strategies."""
+    from vllm_control_plane.bench.scenarios import SCENARIOS
+    from vllm_control_plane.bench.setup import baselines, project_best
+    from vllm_control_plane.core.policies import POLICIES
+    from vllm_control_plane.core.routing import strategy_names
+
+    typer.echo("scenarios:")
+    for s in SCENARIOS.values():
+        typer.echo(f"  {s.name:18s} {s.title} — {s.fleet.label()}")
+    best = project_best()
+    typer.echo(f"project configuration:\n  {best.name:18s} {best.policy} + {best.strategy}")
+    typer.echo("baselines (fifo, forward everything at once):")
+    typer.echo("  " + ", ".join(b.strategy for b in baselines()))
+    typer.echo("policies:   " + ", ".join(POLICIES))
+    typer.echo("strategies: " + ", ".join(strategy_names()))
+
+
+@bench_app.command("run")
+def run_cmd(
+    scenario: str = typer.Option(..., help="Scenario name (vcp bench list)."),
+    config: str = typer.Option(
+        "vcp_best", help="vcp_best, or a baseline's name; --policy/--strategy override it."
+    ),
+    policy: str | None = typer.Option(None, help="Scheduling policy (fifo, slo_aware, ...)."),
+    strategy: str | None = typer.Option(None, help="Routing strategy (predictive, ...)."),
+    concurrency: float | None = typer.Option(
+        None, min=0.01, help="Requests in flight per instance, per A100-80G of capacity."
+    ),
+    rate: float | None = typer.Option(None, min=0.0001, help="Offered requests/s (mean)."),
+    multiplier: float | None = typer.Option(None, min=0.0001, help="Rate multiplier."),
+    duration: float | None = typer.Option(None, min=1.0, help="Seconds of arrivals."),
+    seed: int = typer.Option(0, help="Seed of the workload and the router."),
+    goodput: bool = typer.Option(False, help="Search the goodput instead of one run."),
+    out: Path = typer.Option(DEFAULT_OUT, help="Output directory."),
+    plots: bool = typer.Option(True, help="Write PNG plots."),
+    traces_dir: Path | None = typer.Option(None, help="Directory of the shared traces."),
+) -> None:
+    """One virtual-time run (or a goodput search) of one configuration on a scenario."""
+    from vllm_control_plane.bench import artifacts
+    from vllm_control_plane.bench.compare import probe_runner
+    from vllm_control_plane.bench.goodput import search
+    from vllm_control_plane.bench.progress import run_progress
+    from vllm_control_plane.bench.report import run_table, summarize
+    from vllm_control_plane.bench.scenarios import get_scenario
+    from vllm_control_plane.bench.setup import resolve_config
+
+    try:
+        sc = get_scenario(scenario)
+        cfg = resolve_config(config, policy, strategy, concurrency)
+        wl = sc.workload(seed, traces_dir)
+    except (ValueError, OSError) as e:
+        raise _fail(str(e)) from None
+    window = duration or sc.duration_s
+    m = multiplier or (rate / wl.base_rate if rate else sc.start_multiplier)
+    run_at = probe_runner(sc, wl, cfg, seed, window)
+    target = out / sc.name / cfg.name
+    if goodput:
+        g = search(
+            run_at,
+            start=m,
+            on_probe=lambda p: typer.echo(
+                f"  ×{p.multiplier:.3g}: {p.rate:.2f} req/s, attainment {p.attainment:.1%}"
+                f"{' (stopped early)' if p.aborted else ''}, rejected {p.rejection_rate:.1%}"
+            ),
+        )
+        if g.rate is None:
+            typer.echo(f"{cfg.name}: no probe reached 90 % attainment")
+            raise typer.Exit(1)
+        typer.echo(
+            f"{cfg.name}: goodput {g.rate:.2f} req/s (×{g.multiplier:.3g}), "
+            f"rejected {g.rejection_rate:.1%}"
+        )
+        m = g.multiplier or m
+    reqs = wl.requests(window, m)
+    with run_progress(f"{sc.name}: {cfg.name}") as tick:
+        from vllm_control_plane.bench.runner_virtual import run_virtual
+
+        result = run_virtual(
+            sc.fleet,
+            cfg,
+            reqs,
+            scenario=sc.name,
+            seed=seed,
+            multiplier=m,
+            duration_s=window,
+            progress=tick,
+        )
+    typer.echo(run_table([summarize(result)]))
+    for path in artifacts.write_run(result, target, plots=plots):
+        typer.echo(f"wrote {path}")
+    del run_at
+
+
+@bench_app.command("compare")
+def compare_cmd(
+    scenario: str = typer.Option(..., help="Scenario name, or 'all'."),
+    duration: float | None = typer.Option(None, min=1.0, help="Seconds of arrivals per run."),
+    seed: int = typer.Option(0, help="Seed of the workload and the routers."),
+    max_runs: int = typer.Option(8, min=2, help="Runs per goodput search."),
+    jobs: int = typer.Option(2, min=1, help="Configurations searched in parallel processes."),
+    baselines: str | None = typer.Option(None, help="Comma-separated baselines (default: all)."),
+    out: Path = typer.Option(DEFAULT_OUT, help="Output directory."),
+    plots: bool = typer.Option(True, help="Write PNG plots."),
+    traces_dir: Path | None = typer.Option(None, help="Directory of the shared traces."),
+) -> None:
+    """The project's best configuration against every baseline: goodput, latencies, plots."""
+    from vllm_control_plane.bench import artifacts
+    from vllm_control_plane.bench.compare import compare
+    from vllm_control_plane.bench.progress import compare_progress
+    from vllm_control_plane.bench.scenarios import SCENARIOS, get_scenario
+    from vllm_control_plane.bench.setup import baseline, project_best
+    from vllm_control_plane.core.routing import BASELINES
+
+    try:
+        names = list(SCENARIOS) if scenario == "all" else [get_scenario(scenario).name]
+        base = [baseline(b) for b in (baselines.split(",") if baselines else BASELINES)]
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    configs = [project_best(), *base]
+    for name in names:
+        sc = SCENARIOS[name]
+        with compare_progress(sc.title, [c.name for c in configs], max_runs) as prog:
+            try:
+                comp = compare(
+                    sc,
+                    configs,
+                    seed=seed,
+                    duration_s=duration,
+                    max_runs=max_runs,
+                    traces_dir=traces_dir,
+                    jobs=jobs,
+                    on_probe=prog.probe,
+                    on_done=prog.done,
+                )
+            except OSError as e:
+                raise _fail(str(e)) from None
+        typer.echo(comp.markdown())
+        for path in artifacts.write_comparison(comp, out, plots=plots):
+            typer.echo(f"wrote {path}")
+
+
+@bench_app.command("live")
+def live_cmd(
+    url: str = typer.Option(..., help="Base URL of an OpenAI-compatible server or gateway."),
+    workload: str = typer.Option(
+        ..., help="A scenario name (its workload and SLOs) or a trace file (Azure CSV / Mooncake)."
+    ),
+    rate: float | None = typer.Option(None, min=0.0001, help="Offered requests/s (mean)."),
+    multiplier: float = typer.Option(1.0, min=0.0001, help="Rate multiplier (without --rate)."),
+    duration: float = typer.Option(60.0, min=1.0, help="Seconds of arrivals."),
+    seed: int = typer.Option(0, help="Seed of the workload."),
+    model: str | None = typer.Option(None, help="Model name (default: the server's first)."),
+    max_model_len: int = typer.Option(8192, min=2, help="Context to clip prompts to."),
+    timeout: float = typer.Option(600.0, min=1.0, help="Seconds before a request is abandoned."),
+    api_key: str | None = typer.Option(None, help="Bearer token for the server."),
+    out: Path = typer.Option(DEFAULT_OUT, help="Output directory."),
+    plots: bool = typer.Option(True, help="Write PNG plots."),
+    traces_dir: Path | None = typer.Option(None, help="Directory of the shared traces."),
+) -> None:
+    """Send a workload to a live server and measure TTFT, TPOT, ITL and E2E from the stream."""
+    from vllm_control_plane.bench import artifacts
+    from vllm_control_plane.bench.progress import run_progress
+    from vllm_control_plane.bench.report import run_table, summarize
+    from vllm_control_plane.bench.runner_live import LiveOptions, live_workload, run_live
+
+    try:
+        name, wl = live_workload(workload, seed, max_model_len, traces_dir)
+    except (ValueError, OSError) as e:
+        raise _fail(str(e)) from None
+    m = rate / wl.base_rate if rate else multiplier
+    reqs = wl.requests(duration, m)
+    opts = LiveOptions(model=model, timeout_s=timeout, api_key=api_key)
+    with run_progress(f"live {url}: {name}") as tick:
+        try:
+            result = asyncio.run(
+                run_live(
+                    url, reqs, opts, scenario=name, multiplier=m, duration_s=duration, progress=tick
+                )
+            )
+        except OSError as e:
+            raise _fail(f"cannot reach {url}: {e}") from None
+    typer.echo(run_table([summarize(result)]))
+    for path in artifacts.write_run(result, out / f"live-{name}", plots=plots):
+        typer.echo(f"wrote {path}")
