@@ -241,6 +241,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     injector = asyncio.create_task(inject_faults(gw, args, stop, faults))
     rss: list[tuple[int, float]] = [(0, rss_mib())]
     marks: list[tracemalloc.Snapshot] = []
+    if args.tracemalloc:  # from the start: a snapshot only sees what was allocated after it
+        tracemalloc.start()
     started = time.monotonic()
     connector = aiohttp.TCPConnector(limit=args.concurrency)
     async with aiohttp.ClientSession(connector=connector) as http:
@@ -253,7 +255,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 if tally.done % 2000 == 0:
                     rss.append((tally.done, rss_mib()))
                     if args.tracemalloc and tally.done == args.warmup:
-                        tracemalloc.start()
                         marks.append(tracemalloc.take_snapshot())
                     print(f"  {tally.done} requests, {time.monotonic() - started:.0f} s, "
                           f"RSS {rss[-1][1]:.0f} MiB", flush=True)  # fmt: skip

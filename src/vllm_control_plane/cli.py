@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from vllm_control_plane import __version__
+from vllm_control_plane.bench.cli import bench_app
 
 app = typer.Typer(
     name="vcp",
@@ -15,6 +16,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+app.add_typer(bench_app, name="bench")
 
 
 @app.command()

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from vllm_control_plane.core.limits import CoreLimits
+from vllm_control_plane.core.policies import POLICIES
 from vllm_control_plane.core.routing import BASELINES, normalize_name
 from vllm_control_plane.sim.profiles import get_gpu
 from vllm_control_plane.sim.types import EngineSpec
@@ -124,6 +125,8 @@ BASELINE_LIMITS = CoreLimits(saturation_waiting=10**9, saturation_kv=1.0, max_qu
 def baseline(strategy: str) -> BenchConfig:
     """The benchmark configuration of a baseline router (see the module doc)."""
     name = normalize_name(strategy)
+    if name not in BASELINES:
+        raise ValueError(f"{strategy!r} is not a baseline; valid: {', '.join(BASELINES)}")
     return BenchConfig(name, "fifo", name, baseline=True, limits=BASELINE_LIMITS)
 
 
@@ -150,18 +153,24 @@ def project_best() -> BenchConfig:
 def resolve_config(
     name: str, policy: str | None, strategy: str | None, concurrency: float | None
 ) -> BenchConfig:
-    """``vcp bench run``'s configuration: a named one, optionally with overrides."""
+    """``vcp bench run``'s configuration: a named one, optionally with overrides.
+
+    Unknown names raise ``ValueError`` listing the valid ones.
+    """
     key = name.strip().lower().replace("-", "_")
+    if key != PROJECT_BEST and key not in BASELINES:
+        valid = ", ".join((PROJECT_BEST, *BASELINES))
+        raise ValueError(f"unknown configuration {name!r}; valid: {valid}")
     cfg = project_best() if key == PROJECT_BEST else baseline(key)
     if policy is None and strategy is None and concurrency is None:
         return cfg
-    get_policy_name = policy or cfg.policy
+    pol = (policy or cfg.policy).strip().lower().replace("-", "_")
+    if pol not in POLICIES:
+        raise ValueError(f"unknown scheduling policy {policy!r}; valid: {', '.join(POLICIES)}")
     strat = normalize_name(strategy) if strategy else cfg.strategy
     cap = concurrency if concurrency is not None else cfg.concurrency_per_capacity
-    label = f"{get_policy_name}+{strat}" + (f"@{cap:g}" if cap is not None else "")
-    return replace(
-        cfg, name=label, policy=get_policy_name, strategy=strat, concurrency_per_capacity=cap
-    )
+    label = f"{pol}+{strat}" + (f"@{cap:g}" if cap is not None else "")
+    return replace(cfg, name=label, policy=pol, strategy=strat, concurrency_per_capacity=cap)
 
 
 def with_history(config: BenchConfig, requests: int) -> BenchConfig:

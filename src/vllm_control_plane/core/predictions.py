@@ -15,8 +15,8 @@ with the instance's stamp is exactly what the estimator would answer while the s
 * per ``(prompt_tokens, output_tokens)``, a table ``instance id → (stamp, instance,
   prediction)``: a look-up and two comparisons instead of an estimator call;
 * :meth:`predict_many` over the very same tuple of instances (the fleet hands out cached
-  tuples) with no change anywhere in the fleet since (``Fleet.version``) returns a copy of the
-  last answer without touching the instances at all.
+  tuples) starts from its last answer: unchanged fleet (``Fleet.version``) → a copy of it;
+  otherwise only the instances changed since (``Fleet.changed_since``) are predicted again.
 
 Calibration the core feeds through :meth:`observe` re-stamps just that instance; a change of
 ``calibration_epoch`` the cache did not see (someone calibrated the estimator directly) drops
@@ -34,7 +34,7 @@ from vllm_control_plane.core.fleet import Fleet
 from vllm_control_plane.core.interfaces import Estimator, Prediction
 from vllm_control_plane.types import ExecutionInstance
 
-_MAX_SHAPES = 1024  # (prompt, output) pairs with a table; 64 instances each at most
+_MAX_SHAPES = 1024  # (prompt, output) pairs with a table (one entry per instance each)
 _MAX_ANSWERS = 256  # remembered predict_many answers (least recently used dropped first)
 _MIN_REMEMBERED = 16  # predict_many answers over fewer instances are not worth remembering
 

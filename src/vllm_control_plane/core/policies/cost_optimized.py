@@ -68,6 +68,19 @@ def cheapest_band(
 class CostOptimizedPolicy(SchedulingPolicy):
     name = "cost_optimized"
 
+    # Ids of the last tuple of instances with room: the core hands out the same tuple until an
+    # instance gains or loses room, and every placement in between asks for them.
+    _last_room: tuple[Instances, frozenset[str]] | None = None
+
+    def _ids_of(self, room: Instances) -> frozenset[str]:
+        last = self._last_room
+        if last is not None and last[0] is room:
+            return last[1]
+        ids = frozenset(i.instance_id for i in room)
+        if isinstance(room, tuple):  # immutable: safe to recognise by identity
+            self._last_room = (room, ids)
+        return ids
+
     def order_key(self, rec: RequestRecord) -> QueueKey:
         return aged_priority_key(rec, self.ctx.limits.aging_s)
 
@@ -86,7 +99,7 @@ class CostOptimizedPolicy(SchedulingPolicy):
         bands = price_bands(ok or usable, preds) if slo else cheapest_band(usable, preds)
         if not ok:
             bands = bands[:1]
-        room_ids = {i.instance_id for i in filtered[0]}
+        room_ids = self._ids_of(filtered[0])
         tiers = tuple(tuple(i for i in b if i.instance_id in room_ids) for b in bands)
         if not any(tiers):
             wait_for = frozenset(i.instance_id for i in bands[0]) if bands else None
