@@ -112,8 +112,10 @@ class VirtualRun:
         self._queued = False  # the core held requests back after the last dispatch call
         self._hashes: dict[str, tuple[int, ...]] = {}  # block hashes of live requests
         self.max_misses = max_misses
-        self.misses = 0  # SLO misses seen so far (rejections at submission, completions)
+        self.misses = 0  # SLO misses seen so far (refusals, late first tokens, completions)
         self.aborted = False
+        self._ttft_due: list[tuple[float, str]] = []  # (TTFT deadline, id): fail-fast only
+        self._missed: set[str] = set()  # counted before completing (late first token)
 
     # ------------------------------------------------------------------------ main loop ----
     def run(self) -> tuple[list[Outcome], float]:
@@ -165,6 +167,7 @@ class VirtualRun:
         if self._next_scrape <= now:
             self._scrape(now)
             self._next_scrape = now + self.scrape_interval
+            self._late_first_tokens(now)
         wake = self.core.next_wakeup()
         if wake is not None and wake <= now:
             self.core.expire(now)
@@ -194,14 +197,27 @@ class VirtualRun:
         )
         if not rec.is_terminal:
             self._hashes[req.request_id] = hashes
+            if self.max_misses is not None and cls.ttft_slo_ms is not None:
+                heapq.heappush(self._ttft_due, (now + cls.ttft_slo_ms / 1e3, req.request_id))
         elif rec.met_slo() is False:
-            self._miss()
+            self._miss(req.request_id)
 
-    def _miss(self) -> None:
-        """Count an SLO miss; past ``max_misses`` the run has failed and stops (fail fast)."""
+    def _miss(self, request_id: str) -> None:
+        """Count an SLO miss once; past ``max_misses`` the run has failed and stops."""
+        if request_id in self._missed:
+            return
+        self._missed.add(request_id)
         self.misses += 1
         if self.max_misses is not None and self.misses > self.max_misses:
             self.aborted = True
+
+    def _late_first_tokens(self, now: float) -> None:
+        """Fail fast: a request past its TTFT deadline without a first token has missed."""
+        due = self._ttft_due
+        while due and due[0][0] < now:
+            _, rid = heapq.heappop(due)
+            if self.core.record(rid).first_token_at is None:
+                self._miss(rid)
 
     def _scrape(self, now: float) -> None:
         outstanding, kv = [], []
@@ -282,7 +298,7 @@ class VirtualRun:
                 self._hashes.pop(out.request_id, None)
                 completed = True
                 if core.record(out.request_id).met_slo() is False:
-                    self._miss()
+                    self._miss(out.request_id)
         return completed
 
     def _horizon(self, i: int, t: float) -> float:

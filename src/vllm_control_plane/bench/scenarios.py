@@ -72,19 +72,30 @@ def _priorities(seed: int, _: Path) -> Workload:
 
 # --------------------------------------------------------------- 2. interactive + batch ----
 INTERACTIVE_BATCH_CLASSES = (
-    RequestClass("interactive", 0.7, P.HIGH, ttft_slo_ms=500, tpot_slo_ms=50, max_tokens=512),
-    RequestClass("batch", 0.3, P.LOW, e2e_slo_ms=120_000, max_tokens=2048),
+    RequestClass(
+        "interactive",
+        0.7,
+        P.HIGH,
+        ttft_slo_ms=500,
+        tpot_slo_ms=50,
+        max_tokens=512,
+        prompt=LengthDist(512, 1.0, 16, 4096),
+        output=LengthDist(128, 1.0, 4, 512),
+    ),
+    RequestClass(
+        "batch",
+        0.3,
+        P.LOW,
+        e2e_slo_ms=120_000,
+        max_tokens=2048,
+        prompt=LengthDist(3072, 0.5, 256, 7168),
+        output=LengthDist(512, 0.8, 16, 2048),
+    ),
 )
 
 
 def _interactive_batch(seed: int, _: Path) -> Workload:
-    spec = SyntheticSpec(
-        rate=12.0,
-        prompt=LengthDist(768, 1.2, 32, 6144),
-        output=LengthDist(192, 1.0, 8, 1024),
-        classes=INTERACTIVE_BATCH_CLASSES,
-    )
-    return SyntheticWorkload(spec, seed)
+    return SyntheticWorkload(SyntheticSpec(rate=12.0, classes=INTERACTIVE_BATCH_CLASSES), seed)
 
 
 # ------------------------------------------------------------------- 3. heterogeneous ----

@@ -43,6 +43,24 @@ _NS_UNIQUE, _NS_SYSTEM, _NS_USER, _NS_ANSWER, _NS_MOONCAKE = 1, 2, 3, 4, 5
 
 
 @dataclass(frozen=True, slots=True)
+class LengthDist:
+    """Log-normal token counts with this mean and coefficient of variation, clipped."""
+
+    mean: float
+    cv: float = 0.0
+    low: int = 1
+    high: int = 1 << 20
+
+    def draw(self, rng: random.Random) -> int:
+        if self.cv <= 0:
+            value = self.mean
+        else:
+            sigma2 = math.log1p(self.cv**2)
+            value = rng.lognormvariate(math.log(self.mean) - sigma2 / 2, math.sqrt(sigma2))
+        return int(min(self.high, max(self.low, round(value))))
+
+
+@dataclass(frozen=True, slots=True)
 class RequestClass:
     """One kind of traffic: who sends it, how urgent it is and what it expects."""
 
@@ -54,6 +72,8 @@ class RequestClass:
     e2e_slo_ms: float | None = None  # end-to-end deadline (RequestMetadata.slo_deadline_ms)
     tenant: str | None = None
     max_tokens: int | None = None  # the client's cap; None: not set (the engine's limit)
+    prompt: LengthDist | None = None  # synthetic workloads: this class's lengths, if its own
+    output: LengthDist | None = None
 
     @property
     def has_slo(self) -> bool:
@@ -69,6 +89,8 @@ class RequestClass:
             "e2e_slo_ms": self.e2e_slo_ms,
             "tenant": self.tenant,
             "max_tokens": self.max_tokens,
+            "prompt_mean": self.prompt.mean if self.prompt else None,
+            "output_mean": self.output.mean if self.output else None,
         }
 
 
@@ -97,24 +119,6 @@ class BenchRequest:
     @property
     def priority(self) -> RequestPriority:
         return self.cls.priority
-
-
-@dataclass(frozen=True, slots=True)
-class LengthDist:
-    """Log-normal token counts with this mean and coefficient of variation, clipped."""
-
-    mean: float
-    cv: float = 0.0
-    low: int = 1
-    high: int = 1 << 20
-
-    def draw(self, rng: random.Random) -> int:
-        if self.cv <= 0:
-            value = self.mean
-        else:
-            sigma2 = math.log1p(self.cv**2)
-            value = rng.lognormvariate(math.log(self.mean) - sigma2 / 2, math.sqrt(sigma2))
-        return int(min(self.high, max(self.low, round(value))))
 
 
 def interarrival(rng: random.Random, rate: float, cv: float) -> float:
@@ -207,8 +211,12 @@ class SyntheticWorkload(Workload):
             if spec.system_prompts and rng.random() < spec.system_share:
                 k = zipf_index(rng, spec.system_prompts, spec.zipf)
                 segments.append((segment_key(_NS_SYSTEM, self.seed, k), spec.system_tokens))
-            segments.append((segment_key(_NS_UNIQUE, self.seed, i), spec.prompt.draw(rng)))
-            yield BenchRequest(f"q{i}", t, tuple(segments), spec.output.draw(rng), cls)
+            prompt, output = cls.prompt or spec.prompt, cls.output or spec.output
+            segments.append((segment_key(_NS_UNIQUE, self.seed, i), prompt.draw(rng)))
+            out = output.draw(rng)
+            if cls.max_tokens is not None:
+                out = min(out, cls.max_tokens)
+            yield BenchRequest(f"q{i}", t, tuple(segments), out, cls)
             i += 1
 
     def describe(self) -> dict[str, object]:
