@@ -158,7 +158,7 @@ async def run_sides(
                     result = await run_point(session, url, SERVED_MODEL_NAME, point, rng, vocab)
                     row[side] = result.summary()
                 sweeps[k].append(row)
-                print(format_row(row), flush=True)
+                print(format_row(row, CLIENT_COLUMNS), format_row(row, ENGINE_COLUMNS), flush=True)
         probes["real_after"] = await speed_probe(session, urls["real"], vocab)
         probes["sim"] = await speed_probe(session, urls["sim"], vocab)
     return [median_row(rows) for rows in sweeps], probes
@@ -185,21 +185,43 @@ def ratio(sim: float, real: float) -> str:
     return f"{sim / real - 1:+.0%}" if real and not math.isnan(sim / real) else "n/a"
 
 
-def format_row(row: dict[str, Any]) -> str:
+# (column head, summary key, format): client side, then inside the server.
+CLIENT_COLUMNS = (
+    ("TTFT ms", "ttft_ms_mean", ".1f"),
+    ("TPOT ms", "tpot_ms_mean", ".2f"),
+    ("tok/s", "throughput_tok_s", ".0f"),
+)
+ENGINE_COLUMNS = (
+    ("engine TTFT ms", "engine_ttft_ms_mean", ".1f"),
+    ("ITL ms", "server_itl_ms_mean", ".2f"),
+)
+
+
+def table_head(columns: tuple[tuple[str, str, str], ...], extra: str = "") -> str:
+    heads = ["prompt", "conc."]
+    for name, _, _ in columns:
+        heads += [f"{name} real", f"{name} sim", "Δ"]
+    heads += [extra] if extra else []
+    return "| " + " | ".join(heads) + " |\n|" + "---:|" * len(heads)
+
+
+def format_row(row: dict[str, Any], columns: tuple[tuple[str, str, str], ...]) -> str:
     r, s = row["real"], row["sim"]
     cells = [str(int(r["prompt_tokens"])), str(int(r["concurrency"]))]
-    for key, fmt in (("ttft_ms_mean", ".1f"), ("tpot_ms_mean", ".2f"), ("throughput_tok_s", ".0f")):
+    for _, key, fmt in columns:
         cells += [format(r[key], fmt), format(s[key], fmt), ratio(s[key], r[key])]
-    for key in ("server_ttft_ms_mean", "server_itl_ms_mean"):
-        cells += [format(r[key], ".1f" if "ttft" in key else ".2f"), format(s[key], ".2f")]
+    if columns is ENGINE_COLUMNS:  # what vLLM's front end adds before its engine sees a request
+        cells.append(format(r["server_ttft_ms_mean"] - r["engine_ttft_ms_mean"], ".1f"))
     return "| " + " | ".join(cells) + " |"
 
 
-TABLE_HEAD = (
-    "| prompt | conc. | TTFT real | TTFT sim | Δ | TPOT real | TPOT sim | Δ | tok/s real"
-    " | tok/s sim | Δ | srv TTFT real | srv TTFT sim | srv ITL real | srv ITL sim |\n"
-    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-)
+def print_tables(rows: list[dict[str, Any]]) -> None:
+    print(table_head(CLIENT_COLUMNS))
+    for row in rows:
+        print(format_row(row, CLIENT_COLUMNS))
+    print(table_head(ENGINE_COLUMNS, "vLLM front end ms"))
+    for row in rows:
+        print(format_row(row, ENGINE_COLUMNS))
 
 
 def compare(args: argparse.Namespace) -> None:
@@ -208,11 +230,9 @@ def compare(args: argparse.Namespace) -> None:
     config = VllmServerConfig(model_dir=model_dir, max_num_seqs=MAX_NUM_SEQS)
     load_before = os.getloadavg()[0]
     with VllmServer(venv, config) as real, sim_server(free_ports(1)[0]) as sim_url:
-        print(TABLE_HEAD, flush=True)
         rows, probes = asyncio.run(run_sides({"real": real.base_url, "sim": sim_url}, args))
-    print(f"median over {args.repeats} sweep(s):\n{TABLE_HEAD}")
-    for row in rows:
-        print(format_row(row))
+    print(f"median over {args.repeats} sweep(s):")
+    print_tables(rows)
     probes["calibration"] = calibration_itl_ms()
     print("batch-1 ITL (ms):", {k: round(v, 2) for k, v in probes.items()})
     report = {

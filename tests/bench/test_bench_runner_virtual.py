@@ -113,3 +113,25 @@ def test_chat_prefix_reuse_shows_in_engine_hit_rate() -> None:
     for o, req in zip(sticky.outcomes, sorted(reqs, key=lambda r: r.arrival), strict=True):
         sessions.setdefault(req.session_id, set()).add(o.instance)
     assert all(len(v) == 1 for v in sessions.values())  # production-stack session affinity
+
+
+def test_baselines_show_their_defining_behaviour_in_a_run() -> None:
+    spec = ChatSpec(
+        session_rate=2.0,
+        mean_turns=4,
+        think_s=3,
+        system_prompts=3,
+        system_tokens=768,
+        classes=(CLASSES[1],),
+    )
+    reqs = ChatWorkload(spec, seed=4).requests(12)
+    fleet = FleetSpec((InstanceGroup("a100", 4, gpu="A100-80G"),))
+    hits = {}
+    for name in ("round_robin", "prodstack_prefixaware", "sglang_cache_aware", "llmd_default"):
+        r = run_virtual(fleet, baseline(name), reqs)
+        hits[name] = summarize(r)["prefix_hit_rate"]
+        if name == "round_robin":  # strict rotation: counts differ by at most one
+            counts = [sum(o.instance == f"a100-{k}" for o in r.outcomes) for k in range(4)]
+            assert max(counts) - min(counts) <= 1
+    for name in ("prodstack_prefixaware", "sglang_cache_aware", "llmd_default"):
+        assert hits[name] > hits["round_robin"], hits  # prefix-aware routers find the caches

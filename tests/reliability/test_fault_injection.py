@@ -127,9 +127,9 @@ async def test_slow_instance_still_completes_everything_without_retries(servers,
     ids = await submit_all(cp, [req(f"r{i}", max_tokens=64) for i in range(8)])
     got = await results(cp, ids)
     assert all(r.status is S.COMPLETED and r.retries == 0 for r in got.values())
-    by = {iid: [r.tpot_ms for r in got.values() if r.instance_id == iid] for iid in "ab"}
-    assert by["a"] and by["b"]  # round robin still uses both
-    assert sum(by["a"]) / len(by["a"]) > 3 * sum(by["b"]) / len(by["b"])  # 10x slower steps
+    assert {r.instance_id for r in got.values()} == {"a", "b"}  # round robin still uses both
+    itl = [s.service.metrics.itl.sum / s.service.metrics.itl.count for s in (a, b)]
+    assert itl[0] > 3 * itl[1]  # a's engine steps are 10x longer (model time: no timing luck)
     assert cp.breakers.is_closed("a") and cp.rotation.in_rotation("a")  # slow is not sick
     assert_identity(cp)
     await assert_quiet(backend, [a, b])

@@ -14,6 +14,7 @@ front-end effects can be told apart from the engine's.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import statistics
 import time
@@ -63,6 +64,19 @@ class PointResult:
     wall_s: float = 0.0
     server_ttft_ms: float = float("nan")  # mean of the server's TTFT histogram over the point
     server_itl_ms: float = float("nan")  # mean of the server's inter-token latency histogram
+    # vLLM only (the simulator has no such histograms): time in the engine's queue and from
+    # scheduling to the first token. Their sum is the engine's share of the TTFT; the rest of
+    # the server's TTFT is the front end (API server → engine core).
+    server_queue_ms: float = float("nan")
+    server_prefill_ms: float = float("nan")
+
+    @property
+    def engine_ttft_ms(self) -> float:
+        """TTFT inside the engine: queue + prefill on vLLM; the whole TTFT on the simulator,
+        whose HTTP layer hands a request to its engine on arrival."""
+        if math.isnan(self.server_prefill_ms):
+            return self.server_ttft_ms
+        return self.server_queue_ms + self.server_prefill_ms
 
     def summary(self) -> dict[str, Any]:
         ttft = [t.ttft_s * 1e3 for t in self.timings]
@@ -79,6 +93,7 @@ class PointResult:
             "throughput_tok_s": tokens / self.wall_s,
             "server_ttft_ms_mean": self.server_ttft_ms,
             "server_itl_ms_mean": self.server_itl_ms,
+            "engine_ttft_ms_mean": self.engine_ttft_ms,
             "wall_s": self.wall_s,
         }
 
@@ -169,4 +184,6 @@ async def run_point(
     after = await scrape(session, base_url)
     result.server_ttft_ms = histogram_mean_ms(before, after, "vllm:time_to_first_token_seconds")
     result.server_itl_ms = histogram_mean_ms(before, after, "vllm:inter_token_latency_seconds")
+    result.server_queue_ms = histogram_mean_ms(before, after, "vllm:request_queue_time_seconds")
+    result.server_prefill_ms = histogram_mean_ms(before, after, "vllm:request_prefill_time_seconds")
     return result
