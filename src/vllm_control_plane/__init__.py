@@ -13,8 +13,10 @@ from vllm_control_plane.backends.openai_http import OpenAIHTTPBackend
 from vllm_control_plane.backends.simulated import SimulatedBackend
 from vllm_control_plane.core.limits import CoreLimits
 from vllm_control_plane.manager import ControlPlaneManager, RequestError
+from vllm_control_plane.runtime.circuit import CircuitConfig
 from vllm_control_plane.runtime.handles import RequestResult
 from vllm_control_plane.runtime.monitor import MonitorConfig
+from vllm_control_plane.runtime.retry_budget import RetryBudgetConfig
 from vllm_control_plane.types import (
     ExecutionInstance,
     ParallelismType,
@@ -27,6 +29,7 @@ from vllm_control_plane.types import (
 
 __all__ = [
     "Backend",
+    "CircuitConfig",
     "ControlPlaneManager",
     "CoreLimits",
     "ExecutionInstance",
@@ -39,6 +42,7 @@ __all__ = [
     "RequestPriority",
     "RequestResult",
     "RequestStatus",
+    "RetryBudgetConfig",
     "SchedulingDecision",
     "SimulatedBackend",
     "Timeouts",

@@ -30,8 +30,11 @@ from pydantic import (
     model_validator,
 )
 
+from vllm_control_plane.backends.base import Timeouts
 from vllm_control_plane.core.limits import CoreLimits
+from vllm_control_plane.runtime.circuit import CircuitConfig
 from vllm_control_plane.runtime.monitor import MonitorConfig
+from vllm_control_plane.runtime.retry_budget import RetryBudgetConfig
 from vllm_control_plane.sim.fleet import ServerConfig
 from vllm_control_plane.types import ExecutionInstance, RequestPriority
 
@@ -253,6 +256,8 @@ class MonitorSettings(_Strict):
     """Consecutive failed checks before an instance leaves rotation."""
     healthy_threshold: int = Field(2, ge=1)
     """Consecutive good checks before it returns."""
+    health_timeout_s: float = Field(2.0, gt=0)
+    """A health check not answered within this many seconds has failed."""
 
     def to_runtime(self) -> MonitorConfig:
         return MonitorConfig(
@@ -260,7 +265,57 @@ class MonitorSettings(_Strict):
             scrape_interval=self.scrape_interval_s,
             unhealthy_threshold=self.unhealthy_threshold,
             healthy_threshold=self.healthy_threshold,
+            health_timeout=self.health_timeout_s,
         )
+
+
+class TimeoutSettings(_Strict):
+    """Per-request timeouts towards the engines (docs/reliability.md has what each one ends in)."""
+
+    connect_s: float | None = Field(5.0, gt=0)
+    """TCP connect to the engine; a refused or timed-out connect is retried elsewhere."""
+    first_token_s: float | None = Field(300.0, gt=0)
+    """From sending the request to the first token (covers the engine's own queue + prefill)."""
+    idle_s: float | None = Field(120.0, gt=0)
+    """Longest gap between two stream chunks."""
+
+    def to_runtime(self, health_s: float) -> Timeouts:
+        return Timeouts(
+            connect=self.connect_s,
+            first_token=self.first_token_s,
+            idle=self.idle_s,
+            health=health_s,
+        )
+
+
+class CircuitSettings(_Strict):
+    """Passive failure detection: per-instance circuit breakers."""
+
+    failure_threshold: int = Field(5, ge=0)
+    """Consecutive failed attempts that open the circuit (0 disables passive detection)."""
+    open_s: float = Field(1.0, gt=0)
+    """Cooldown before the first half-open probe."""
+    max_open_s: float = Field(30.0, gt=0)
+    """Cap of the cooldown, which doubles after every failed probe."""
+    probe_timeout_s: float = Field(10.0, gt=0)
+    """A probe that has not finished by then counts as failed."""
+
+    def to_runtime(self) -> CircuitConfig:
+        return CircuitConfig(**self.model_dump())
+
+
+class RetryBudgetSettings(_Strict):
+    """Retries allowed so that a sick fleet is not stormed."""
+
+    ratio: float = Field(0.2, ge=0)
+    """Retries allowed per request submitted in the window."""
+    floor: int = Field(10, ge=0)
+    """Retries always allowed per window."""
+    window_s: float = Field(10.0, gt=0)
+    """How far back "recent" reaches."""
+
+    def to_runtime(self) -> RetryBudgetConfig:
+        return RetryBudgetConfig(ratio=self.ratio, floor=self.floor, window_s=self.window_s)
 
 
 class TenantConfig(_Strict):
@@ -288,6 +343,9 @@ class ControlPlaneConfig(_Strict):
     """Any registered strategy (load_balanced, round_robin, locality, …)."""
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
+    timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
+    circuit: CircuitSettings = Field(default_factory=CircuitSettings)
+    retry_budget: RetryBudgetSettings = Field(default_factory=RetryBudgetSettings)
     tenants: list[TenantConfig] = Field(default_factory=list)
     """With at least one tenant, client routes require an API key (401 without)."""
     prices: dict[str, float] = Field(default_factory=dict)
@@ -336,10 +394,16 @@ class ControlPlaneConfig(_Strict):
             "enable_monitoring": self.monitor.enabled,
             "limits": self.limits.to_core(),
             "monitor_config": self.monitor.to_runtime(),
+            "circuit_config": self.circuit.to_runtime(),
+            "retry_budget": self.retry_budget.to_runtime(),
             "drain_timeout_s": self.limits.drain_timeout_s,
             "result_history": self.limits.history_size,
             "seed": self.seed,
         }
+
+    def backend_timeouts(self) -> Timeouts:
+        """Timeouts for the engine HTTP backend."""
+        return self.timeouts.to_runtime(self.monitor.health_timeout_s)
 
     def execution_instances(self) -> list[ExecutionInstance]:
         """The real (non-simulated) instances as library objects."""

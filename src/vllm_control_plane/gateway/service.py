@@ -51,7 +51,7 @@ class Gateway:
     ) -> None:
         self.config = config
         self.config_path = Path(config_path) if config_path is not None else None
-        self.backend = CapturingBackend(backend or OpenAIHTTPBackend())
+        self.backend = CapturingBackend(backend or OpenAIHTTPBackend(config.backend_timeouts()))
         self.cp = ControlPlaneManager(backend=self.backend, **config.manager_kwargs())
         self.auth = Authenticator(config)
         self.metrics = GatewayMetrics(self.cp.get_status, self.cp.get_instances)
