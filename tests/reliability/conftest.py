@@ -60,4 +60,4 @@ async def make_cp(
     for cp, backend in made:
         await cp.stop()
         assert not cp.is_running
-        assert backend.inner._session is None  # type: ignore[attr-defined]
+        assert backend.inner._pool is None  # type: ignore[attr-defined]

@@ -191,10 +191,8 @@ def acquired_connections(backend: RecordingBackend) -> int:
     """Connections the HTTP client holds for requests right now (not idle pooled ones)."""
     inner = backend.inner
     assert isinstance(inner, OpenAIHTTPBackend)
-    session = inner._session
-    if session is None or session.closed:
-        return 0
-    return len(session.connector._acquired)  # type: ignore[union-attr]
+    pool = inner._pool
+    return 0 if pool is None else pool.num_in_use
 
 
 async def assert_quiet(backend: RecordingBackend, servers: list[SimServer]) -> None:
