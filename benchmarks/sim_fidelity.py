@@ -143,9 +143,10 @@ async def run_sides(
     timeout = aiohttp.ClientTimeout(total=900)
     points = workload_points(args)
     sweeps: list[list[dict[str, Any]]] = [[] for _ in points]
-    async with aiohttp.ClientSession(
-        timeout=timeout, connector=aiohttp.TCPConnector(limit=0)
-    ) as session:
+    # A connection per request: a pooled one left idle while the other side runs can be closed
+    # by the server (keep-alive timeout) just as it is reused.
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         for url in urls.values():  # warm-up: lazy initialisation, first-request costs
             warm = WorkloadPoint(64, 4, 8, 16)
             await run_point(session, url, SERVED_MODEL_NAME, warm, random.Random(0), vocab)

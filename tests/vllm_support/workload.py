@@ -94,6 +94,8 @@ class PointResult:
             "server_ttft_ms_mean": self.server_ttft_ms,
             "server_itl_ms_mean": self.server_itl_ms,
             "engine_ttft_ms_mean": self.engine_ttft_ms,
+            "server_queue_ms_mean": self.server_queue_ms,
+            "server_prefill_ms_mean": self.server_prefill_ms,
             "wall_s": self.wall_s,
         }
 
