@@ -303,15 +303,19 @@ async def test_client_disconnect_cancels_on_the_engine(start_gateway, http, stre
             "stream": stream}  # fmt: skip
     headers = {"X-Request-Id": f"gone-{stream}"}
 
+    seen = asyncio.Event()  # the test saw the engine running it: only then hang up
+
     async def call() -> None:
         async with http.post(gw.url + "/v1/chat/completions", json=body, headers=headers) as r:
             if stream:
                 await r.content.readline()  # the first frame arrived: the engine is generating
+                await seen.wait()
                 raise ConnectionAbortedError
             await r.read()
 
     task = asyncio.create_task(call())
     await eventually(lambda: engine.service.num_active == 1, what="engine running it")
+    seen.set()
     if stream:
         with pytest.raises(ConnectionAbortedError):
             await task

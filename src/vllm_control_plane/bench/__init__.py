@@ -1,4 +1,13 @@
-"""Benchmark building blocks: trace readers (``bench.traces``) and, later, workloads and runners."""
+"""The benchmark (``vcp bench``, docs/bench.md).
+
+Modules: ``workloads`` (synthetic, multi-turn chat, trace replay), ``traces`` (Azure / Mooncake
+readers), ``prompts`` (segments → block hashes and text), ``setup`` (fleets, configurations,
+baselines, the project's best), ``runner_virtual`` (the core over simulated engines in virtual
+time), ``runner_live`` (any OpenAI-compatible URL), ``goodput`` (the search), ``report``
+(figures), ``compare`` (a scenario's full comparison), ``scenarios`` (the six shipped ones),
+``plots`` / ``artifacts`` (PNG, markdown, JSON) and ``cli``. Only the trace readers are imported
+here, so ``vcp`` starts fast; import the others from their modules.
+"""
 
 from __future__ import annotations
 

@@ -61,7 +61,7 @@ PRIORITY_CLASSES = (
 
 def _priorities(seed: int, _: Path) -> Workload:
     spec = SyntheticSpec(
-        rate=8.0,
+        rate=16.0,
         arrival_cv=1.5,
         prompt=LengthDist(1024, 1.0, 32, 6144),
         output=LengthDist(256, 1.0, 8, 1024),
@@ -104,7 +104,7 @@ HETERO_CLASSES = (RequestClass("chat", ttft_slo_ms=2000, tpot_slo_ms=100),)
 
 def _heterogeneous(seed: int, _: Path) -> Workload:
     spec = SyntheticSpec(
-        rate=10.0,
+        rate=100.0,
         prompt=LengthDist(1024, 1.0, 32, 6144),
         output=LengthDist(200, 1.0, 8, 1024),
         classes=HETERO_CLASSES,
@@ -178,7 +178,7 @@ SCENARIOS: dict[str, Scenario] = {
                 )
             ),
             _heterogeneous,
-            duration_s=300,
+            duration_s=90,
         ),
         Scenario(
             "multiturn",
