@@ -13,11 +13,13 @@ Two subcommands:
   closed-loop streamed workload (``tests/vllm_support/workload.py``) on both, point by point and
   alternating, so a burst of other load on the machine hits both. It reports client-side TTFT,
   TPOT and throughput side by side, then what happens inside each server (the engine's share of
-  the TTFT, the inter-token latency), and writes ``results/sim_fidelity.json``. The machine is
-  shared: before the sweeps it measures the real engine's batch-1 inter-token latency and, with
-  ``--match-speed`` (the default), multiplies the simulator's step times by its ratio to the
-  same figure at calibration time (``vcp sim --fault-slowdown``), so that other jobs slowing the
-  real engine down are not counted as model error; ``--no-match-speed`` compares as is.
+  the TTFT, the inter-token latency), and writes ``results/sim_fidelity.json``. It measures the
+  real engine's batch-1 inter-token latency before and after the sweeps: against the same figure
+  at calibration time, it shows whether other jobs slowed the engine down during the run.
+  ``--match-speed`` multiplies the simulator's step times by that ratio (taken once, before the
+  sweeps; ``vcp sim --fault-slowdown``) for a machine uniformly slower or faster than the
+  calibration one; under load that comes and goes it over- or under-corrects, hence off by
+  default.
 
 Usage:
     python benchmarks/sim_fidelity.py fit
@@ -305,9 +307,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         q.add_argument(
             "--match-speed",
             action=argparse.BooleanOptionalAction,
-            default=True,
+            default=False,
             help="scale the simulator's step times by how much slower the real engine runs now "
-            "than at calibration (its batch-1 inter-token latency), measured before the sweeps",
+            "than at calibration (its batch-1 inter-token latency, measured once before the "
+            "sweeps); for a machine uniformly slower or faster than the calibration one",
         )
         q.add_argument("--out", type=Path, default=RESULTS / "sim_fidelity.json")
     return p.parse_args(argv)

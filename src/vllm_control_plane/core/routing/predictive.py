@@ -92,7 +92,8 @@ class Predictive(RoutingStrategy):
             backlog = max(0.0, self._free_at.get(iid, req.now) - req.now)
             tpot = self.estimator.predict(c, req.prompt_tokens, out).tpot_ms / 1e3 / r_tpot
             self._prefill[iid] = prefill
-            costs[iid] = backlog + prefill + tpot * max(0, out - 1)
+            stalled = max(c.active_requests, c.num_requests_running)  # all wait for a prefill
+            costs[iid] = backlog + prefill * (1 + stalled) + tpot * max(0, out - 1)
         best = min(candidates, key=lambda c: costs[c.instance_id]).instance_id
         hit = depth.get(best, 0)
         reason = (
