@@ -19,13 +19,11 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     SecretStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
@@ -37,6 +35,7 @@ from vllm_control_plane.runtime.monitor import MonitorConfig
 from vllm_control_plane.runtime.retry_budget import RetryBudgetConfig
 from vllm_control_plane.sim.fleet import ServerConfig
 from vllm_control_plane.types import ExecutionInstance, RequestPriority
+from vllm_control_plane.yaml_config import read_yaml, validate
 
 __all__ = [
     "AdminSettings",
@@ -447,42 +446,18 @@ def _price(
 # ---------------------------------------------------------------- loading
 
 
-def _path(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
-def _message(err: dict[str, Any]) -> str:
-    if err["type"] == "extra_forbidden":
-        return "unknown key"
-    return str(err["msg"]).removeprefix("Value error, ")
-
-
 def parse_config(data: Any, source: str = "config") -> ControlPlaneConfig:
     """Validate already-parsed YAML/JSON data (raises :class:`ConfigError`)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level")
-    try:
-        return ControlPlaneConfig.model_validate(data)
-    except ValidationError as e:
-        lines = [f"{_path(err['loc'])}: {_message(dict(err))}" for err in e.errors()]
-        raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(lines)) from None
+    return validate(ControlPlaneConfig, data, source, ConfigError)
 
 
 def load_config(path: str | Path) -> ControlPlaneConfig:
     """Read and validate a YAML config file (raises :class:`ConfigError`)."""
-    p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text())
-    except OSError as e:
-        raise ConfigError(f"cannot read config file {p}: {e}") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p} is not valid YAML: {e}") from e
-    return parse_config(data, str(p))
+    return parse_config(read_yaml(path, ConfigError, "config file"), str(path))
 
 
 def default_config() -> ControlPlaneConfig:

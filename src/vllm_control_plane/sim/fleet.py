@@ -24,11 +24,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from vllm_control_plane.sim.faults import FaultConfig
 from vllm_control_plane.sim.types import EngineSpec
+from vllm_control_plane.yaml_config import read_yaml, validate
 
 __all__ = ["FleetConfig", "FleetConfigError", "ServerConfig", "load_fleet", "parse_fleet"]
 
@@ -149,31 +149,13 @@ class FleetConfig(BaseModel):
         ]
 
 
-def _path(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
 def parse_fleet(data: Any, source: str = "fleet file") -> FleetConfig:
     """Validate already-parsed YAML/JSON data (raises :class:`FleetConfigError`)."""
     if not isinstance(data, dict):
         raise FleetConfigError(f"{source}: expected a mapping with a `servers` list")
-    try:
-        return FleetConfig.model_validate(data)
-    except ValidationError as e:
-        lines = [f"{_path(err['loc'])}: {err['msg']}" for err in e.errors()]
-        raise FleetConfigError(f"{source} is invalid:\n  " + "\n  ".join(lines)) from None
+    return validate(FleetConfig, data, source, FleetConfigError)
 
 
 def load_fleet(path: str | Path) -> FleetConfig:
     """Read and validate a fleet YAML file."""
-    p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text())
-    except OSError as e:
-        raise FleetConfigError(f"cannot read fleet file {p}: {e}") from e
-    except yaml.YAMLError as e:
-        raise FleetConfigError(f"{p} is not valid YAML: {e}") from e
-    return parse_fleet(data, str(p))
+    return parse_fleet(read_yaml(path, FleetConfigError, "fleet file"), str(path))
