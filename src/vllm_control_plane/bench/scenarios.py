@@ -203,8 +203,8 @@ SCENARIOS: dict[str, Scenario] = {
             "mooncake",
             "Mooncake conversation trace",
             "The Mooncake conversation trace (12K-token prompts on average, shared prefix blocks) "
-            "on 4 × H100, qwen2.5-7b (32K context); TTFT 10 s, TPOT 100 ms.",
-            FleetSpec((InstanceGroup("h100", 4, model="qwen2.5-7b", gpu=H100),)),
+            "on 2 × H100, qwen2.5-7b (32K context); TTFT 10 s, TPOT 100 ms.",
+            FleetSpec((InstanceGroup("h100", 2, model="qwen2.5-7b", gpu=H100),)),
             _mooncake,
             duration_s=300,
         ),
