@@ -84,8 +84,10 @@ async def test_engine_saturation_holds_dispatch_in_the_control_plane(servers, ma
 
 
 async def test_hard_deadline_times_out_running_request_and_aborts_it(servers, make_cp) -> None:
-    a, cp, backend = await _one(servers, make_cp, max_concurrent=1)
-    await cp.submit_request(req("long", max_tokens=5000, slo_deadline_ms=300), hard_deadline=True)
+    # slowed engine: the first tokens come well inside the deadline, the end far beyond it, so
+    # the deadline always lands mid-stream however loaded the machine is
+    a, cp, backend = await _one(servers, make_cp, max_concurrent=1, faults=FaultConfig(slowdown=4))
+    await cp.submit_request(req("long", max_tokens=5000, slo_deadline_ms=1200), hard_deadline=True)
     await cp.submit_request(req("queued", slo_deadline_ms=200), hard_deadline=True)
     await cp.submit_request(req("soft", slo_deadline_ms=100))  # not hard: completes late
     got = await results(cp, ["long", "queued", "soft"])
