@@ -9,11 +9,16 @@ router balances over both. For every router the script measures:
   requests served;
 * added latency at concurrency 1: ``wrk -c1 --latency`` p50 / p99 minus the direct path's;
 * streaming TTFT at 64 concurrent streams: an asyncio client keeps 64 streams open against
-  backends that pace 16 frames ``--itl-ms`` apart and times the first SSE frame.
+  backends that pace their frames ``--itl-ms`` apart and times the first SSE frame (the chat role
+  frame, which the stand-in sends at once) and the first frame with generated text (one frame gap
+  later).
 
 ``vcp serve`` runs with its scheduling policy and routing strategy in the path (the defaults,
 ``adaptive`` + ``load_balanced``), health checks and load scraping on. Figures vary with the
-machine; the ratios between routers measured in the same run are what to compare.
+machine; the ratios between routers measured in the same run are what to compare. All routers run
+at once and are measured in ``--rounds`` interleaved rounds (each round visits every router), so a
+change in the machine's load during the run hits every router alike; samples are pooled over the
+rounds.
 
     bash benchmarks/gateway_overhead.sh            # installs nginx, wrk, vllm-router; runs all
     python benchmarks/gateway_overhead.py --duration 10 --write-docs
@@ -213,32 +218,46 @@ def measure_latency(url: str, lua: Path, seconds: float) -> tuple[float, float]:
     return _percentile_ms(out, "50"), _percentile_ms(out, "99")
 
 
-async def _stream_ttft(url: str, streams: int, seconds: float) -> list[float]:
+def _has_text(line: bytes) -> bool:
+    """A frame with generated text (not the role frame, not an empty finish frame)."""
+    return (b'"content":"' in line and b'"content":""' not in line) or b'"text":"' in line
+
+
+async def _stream_ttft(
+    urls: list[str], streams: int, seconds: float
+) -> tuple[list[float], list[float]]:
+    """(first SSE frame, first frame with text) in ms, per request, for ``seconds``."""
     body = orjson.dumps({**BODY, "stream": True})
-    ttfts: list[float] = []
+    headers = {"Content-Type": "application/json"}
+    first_frame: list[float] = []
+    first_text: list[float] = []
     stop_at = time.perf_counter() + seconds
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
 
-        async def worker() -> None:
+        async def worker(url: str) -> None:
             while time.perf_counter() < stop_at:
                 t0 = time.perf_counter()
-                headers = {"Content-Type": "application/json"}
+                frame = text = None
                 async with session.post(url, data=body, headers=headers) as r:
-                    first = True
                     async for line in r.content:
-                        if first and line.startswith(b"data:"):
-                            ttfts.append((time.perf_counter() - t0) * 1e3)
-                            first = False
+                        if not line.startswith(b"data:"):
+                            continue
+                        if frame is None:
+                            frame = (time.perf_counter() - t0) * 1e3
+                        if text is None and _has_text(line):
+                            text = (time.perf_counter() - t0) * 1e3
+                if frame is not None and text is not None:
+                    first_frame.append(frame)
+                    first_text.append(text)
 
-        await asyncio.gather(*(worker() for _ in range(streams)))
-    return ttfts
+        await asyncio.gather(*(worker(urls[i % len(urls)]) for i in range(streams)))
+    return first_frame, first_text
 
 
-def measure_ttft(url: str, streams: int, seconds: float) -> tuple[float, float, int]:
-    ttfts = sorted(asyncio.run(_stream_ttft(url, streams, seconds)))
-    p99 = ttfts[min(len(ttfts) - 1, int(0.99 * len(ttfts)))]
-    return statistics.median(ttfts), p99, len(ttfts)
+def _p50_p99(values: list[float]) -> tuple[float, float]:
+    ordered = sorted(values)
+    return statistics.median(ordered), ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
 
 
 # ---------------------------------------------------------------- orchestration
@@ -251,9 +270,15 @@ class Row:
     rps: float = 0.0
     p50_ms: float = 0.0
     p99_ms: float = 0.0
-    ttft_p50_ms: float = 0.0
+    ttft_p50_ms: float = 0.0  # first SSE frame
     ttft_p99_ms: float = 0.0
-    streams: int = 0
+    text_p50_ms: float = 0.0  # first frame with generated text
+    text_p99_ms: float = 0.0
+    streams: int = 0  # streamed requests measured
+    samples: dict[str, list[float]] = field(default_factory=dict)  # pooled over the rounds
+
+    def add(self, key: str, values: list[float]) -> None:
+        self.samples.setdefault(key, []).extend(values)
 
 
 @contextlib.contextmanager
@@ -273,23 +298,56 @@ def run(routers: list[str], args: argparse.Namespace) -> list[Row]:
         for itl, phase in ((0.0, "unary"), (args.itl_ms, "stream")):
             backends = start_backends(tmp, itl)
             with running(backends):
-                for kind in routers:
-                    proc = start_router(kind, backends, tmp)
-                    port = proc.port if proc else backends[0].port
-                    url = f"http://127.0.0.1:{port}/v1/chat/completions"
-                    with running([proc] if proc else []):
-                        _measure(rows[kind], phase, url, proc, lua, args)
-                    print(f"  {kind:12s} {phase} done", file=sys.stderr)
+                procs = {kind: start_router(kind, backends, tmp) for kind in routers}
+                with running([p for p in procs.values() if p is not None]):
+                    for rnd in range(args.rounds):
+                        for kind in routers:
+                            _measure(rows[kind], phase, procs[kind], backends, lua, args)
+                        print(f"  {phase} round {rnd + 1}/{args.rounds} done", file=sys.stderr)
+    for row in rows.values():
+        _summarise(row)
     return list(rows.values())
 
 
-def _measure(row: Row, phase: str, url: str, proc: Proc | None, lua: Path, args) -> None:  # type: ignore[no-untyped-def]
+def _urls(proc: Proc | None, backends: list[Proc]) -> list[str]:
+    """The router's URL; for the direct path, every backend (the clients spread over them as a
+    router would, so each backend carries the same load as behind a router)."""
+    ports = [proc.port] if proc else [b.port for b in backends]
+    return [f"http://127.0.0.1:{p}/v1/chat/completions" for p in ports]
+
+
+def _measure(
+    row: Row,
+    phase: str,
+    proc: Proc | None,
+    backends: list[Proc],
+    lua: Path,
+    args: argparse.Namespace,
+) -> None:
+    urls = _urls(proc, backends)
     if phase == "unary":
-        row.cpu_us, row.rps = measure_cpu(url, proc, lua, args.duration)
-        row.p50_ms, row.p99_ms = measure_latency(url, lua, args.latency_duration)
+        cpu_us, rps = measure_cpu(urls[0], proc, lua, args.duration)
+        p50, p99 = measure_latency(urls[0], lua, args.latency_duration)
+        row.add("cpu_us", [cpu_us])
+        row.add("rps", [rps])
+        row.add("p50", [p50])
+        row.add("p99", [p99])
     else:
-        ttft = measure_ttft(url, args.streams, args.stream_duration)
-        row.ttft_p50_ms, row.ttft_p99_ms, row.streams = ttft
+        asyncio.run(_stream_ttft(urls, 4, 0.5))  # warm up: connections, pools
+        frame, text = asyncio.run(_stream_ttft(urls, args.streams, args.stream_duration))
+        row.add("frame", frame)
+        row.add("text", text)
+
+
+def _summarise(row: Row) -> None:
+    """Medians over the rounds for the per-round figures; pooled percentiles for TTFT."""
+    med = {k: statistics.median(v) for k, v in row.samples.items() if k not in ("frame", "text")}
+    row.cpu_us, row.rps = med.get("cpu_us", 0.0), med.get("rps", 0.0)
+    row.p50_ms, row.p99_ms = med.get("p50", 0.0), med.get("p99", 0.0)
+    if row.samples.get("frame"):
+        row.ttft_p50_ms, row.ttft_p99_ms = _p50_p99(row.samples["frame"])
+        row.text_p50_ms, row.text_p99_ms = _p50_p99(row.samples["text"])
+        row.streams = len(row.samples["frame"])
 
 
 def _ratio(value: float, reference: float) -> str:
@@ -301,21 +359,20 @@ def table(rows: list[Row]) -> str:
     direct, peer = by.get("direct"), by.get("vllm-router")
     head = (
         "| router | CPU µs/request (64 conns) | req/s | added p50 ms | added p99 ms "
-        "| TTFT p50 ms (64 streams) | TTFT p99 ms | CPU vs vllm-router "
-        "| TTFT p50 vs vllm-router |"
+        "| TTFT p50 ms (64 streams) | TTFT p99 ms | first text p50 / p99 ms | streams "
+        "| CPU vs vllm-router | TTFT p50 vs vllm-router |"
     )
-    lines = [head, "|" + "---|" * 9]
+    lines = [head, "|" + "---|" * 11]
     for r in rows:
         add50 = r.p50_ms - direct.p50_ms if direct else float("nan")
         add99 = r.p99_ms - direct.p99_ms if direct else float("nan")
-        cpu_ratio = f"{r.cpu_us / peer.cpu_us:.2f}×" if peer and peer.cpu_us and r.cpu_us else "–"
-        ttft_ratio = (
-            f"{r.ttft_p50_ms / peer.ttft_p50_ms:.2f}×" if peer and peer.ttft_p50_ms else "–"
-        )
         cpu = f"{r.cpu_us:.0f}" if r.router != "direct" else "–"
         lines.append(
             f"| {r.router} | {cpu} | {r.rps:.0f} | {add50:+.3f} | {add99:+.3f} "
-            f"| {r.ttft_p50_ms:.2f} | {r.ttft_p99_ms:.2f} | {cpu_ratio} | {ttft_ratio} |"
+            f"| {r.ttft_p50_ms:.2f} | {r.ttft_p99_ms:.2f} "
+            f"| {r.text_p50_ms:.2f} / {r.text_p99_ms:.2f} | {r.streams} "
+            f"| {_ratio(r.cpu_us, peer.cpu_us if peer else 0)} "
+            f"| {_ratio(r.ttft_p50_ms, peer.ttft_p50_ms if peer else 0)} |"
         )
     return "\n".join(lines)
 
@@ -342,6 +399,8 @@ def main() -> None:
     ap.add_argument("--streams", type=int, default=64)
     ap.add_argument("--stream-duration", type=float, default=8.0)
     ap.add_argument("--itl-ms", type=float, default=20.0, help="frame gap of streaming backends")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="interleaved rounds over all routers (samples pooled)")  # fmt: skip
     ap.add_argument("--write-docs", action="store_true",
                     help="also put the table into docs/benchmarks.md")  # fmt: skip
     args = ap.parse_args()

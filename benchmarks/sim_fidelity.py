@@ -58,7 +58,6 @@ from tests.vllm_support import (
 )
 from tests.vllm_support.build_tiny_model import TinyModelSpec
 from tests.vllm_support.calibration import (
-    BLOCK_SIZE,
     MAX_BATCHED_TOKENS,
     MAX_MODEL_LEN,
     MAX_NUM_SEQS,
@@ -98,12 +97,13 @@ def fit(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------ compare
 @contextmanager
 def sim_server(port: int, slowdown: float = 1.0) -> Iterator[str]:
-    """``vcp sim`` for the tiny model on the CPU profile, with the real server's settings;
-    ``slowdown`` multiplies every step time (the simulator's fault knob)."""
+    """``vcp sim`` for the tiny model on the CPU profile, with the real server's settings (the
+    profile's default block size is vLLM-CPU's 128 tokens, so no ``--block-size``); ``slowdown``
+    multiplies every step time (the simulator's fault knob)."""
     cmd = [sys.executable, "-m", "vllm_control_plane.cli", "sim", "--model", "tiny-llama",
            "--gpu", "CPU", "--served-model-name", SERVED_MODEL_NAME,
            "--max-num-seqs", str(MAX_NUM_SEQS), "--max-model-len", str(MAX_MODEL_LEN),
-           "--max-num-batched-tokens", str(MAX_BATCHED_TOKENS), "--block-size", str(BLOCK_SIZE),
+           "--max-num-batched-tokens", str(MAX_BATCHED_TOKENS),
            "--fault-slowdown", f"{slowdown:.4f}", "--port", str(port)]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"

@@ -38,7 +38,9 @@ def sim(
     max_num_seqs: int | None = typer.Option(None, min=1, help="Max running requests."),
     max_num_batched_tokens: int | None = typer.Option(None, min=1, help="Token budget/step."),
     gpu_memory_utilization: float = typer.Option(0.9, min=0.01, max=1.0),
-    block_size: int = typer.Option(16, min=1, help="KV block size (tokens)."),
+    block_size: int | None = typer.Option(
+        None, min=1, help="KV block size in tokens (default: the GPU's, 16; 128 on CPU)."
+    ),
     served_model_name: str | None = typer.Option(None, help="Model name on the API."),
     seed: int = typer.Option(0, help="Seed for output lengths, jitter and fault dice."),
     time_scale: float = typer.Option(

@@ -15,6 +15,7 @@ the admin API's view of the config.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -30,6 +31,7 @@ from pydantic import (
 
 from vllm_control_plane.backends.base import Timeouts
 from vllm_control_plane.core.limits import CoreLimits
+from vllm_control_plane.core.rate_limit import RateLimit
 from vllm_control_plane.runtime.circuit import CircuitConfig
 from vllm_control_plane.runtime.monitor import MonitorConfig
 from vllm_control_plane.runtime.retry_budget import RetryBudgetConfig
@@ -44,6 +46,7 @@ __all__ = [
     "InstanceConfig",
     "LimitsConfig",
     "MonitorSettings",
+    "RateLimitSettings",
     "ServerSettings",
     "SimulatedInstanceConfig",
     "TenantConfig",
@@ -54,6 +57,7 @@ __all__ = [
 
 PriorityName = Literal["critical", "high", "normal", "low", "background"]
 MiB = 1024 * 1024
+_TENANT_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 class ConfigError(ValueError):
@@ -76,24 +80,60 @@ class ServerSettings(_Strict):
     shutdown_grace_s: float = Field(30.0, ge=0.0)
     """On shutdown, in-flight requests get this long to finish before they are cancelled."""
     retry_after_s: int = Field(1, ge=1)
-    """``Retry-After`` seconds sent with 429 (queue full)."""
+    """``Retry-After`` seconds sent with 429 (queue full, a tenant's concurrency limit) and 503
+    (no healthy instance); a tenant over its request rate gets the bucket's own wait."""
 
 
 class AdminSettings(_Strict):
-    """The admin API's bearer token: from the file, else from an environment variable."""
+    """The admin API's bearer token (from the file, else from an environment variable), an
+    optional read-only token for ``/metrics``, and which public routes need a credential."""
 
     token: SecretStr | None = None
     """Token for ``/admin`` (``Authorization: Bearer <token>``). Without one, the admin API
     refuses every call."""
     token_env: str = "VCP_ADMIN_TOKEN"
     """Environment variable read when ``token`` is not set."""
+    metrics_token: SecretStr | None = None
+    """A token accepted on ``/metrics`` only (give it to Prometheus instead of the admin
+    token)."""
+    metrics_token_env: str = "VCP_METRICS_TOKEN"
+    """Environment variable read when ``metrics_token`` is not set."""
+    protect_metrics: bool = False
+    """``/metrics`` requires the admin or the metrics token. Off by default (Prometheus habit):
+    the series name instances, models, load and cost, so turn it on when the port is reachable
+    by people who should not see them."""
+    protect_pages: bool = False
+    """``/openapi.json`` and ``/dashboard`` require the admin token (as a bearer token, or as the
+    password of HTTP Basic auth so that a browser can open the dashboard)."""
 
     def resolve_token(self, environ: dict[str, str] | None = None) -> str | None:
-        """The effective token (file first, then the environment), or None."""
-        if self.token is not None and self.token.get_secret_value():
-            return self.token.get_secret_value()
-        value = (environ if environ is not None else os.environ).get(self.token_env, "")
-        return value or None
+        """The effective admin token (file first, then the environment), or None."""
+        return _secret(self.token, self.token_env, environ)
+
+    def resolve_metrics_token(self, environ: dict[str, str] | None = None) -> str | None:
+        """The effective metrics token (file first, then the environment), or None."""
+        return _secret(self.metrics_token, self.metrics_token_env, environ)
+
+    @model_validator(mode="after")
+    def _protection_needs_a_token(self) -> AdminSettings:
+        # a protected route nobody can open is a misconfiguration, not a safe default
+        if self.protect_metrics and not (self.resolve_token() or self.resolve_metrics_token()):
+            raise ValueError(
+                "protect_metrics is on but neither token nor metrics_token is set (nor "
+                f"{self.token_env} / {self.metrics_token_env}): nobody could read /metrics"
+            )
+        if self.protect_pages and not self.resolve_token():
+            raise ValueError(
+                f"protect_pages is on but no admin token is set (token or {self.token_env}): "
+                "nobody could open /dashboard or /openapi.json"
+            )
+        return self
+
+
+def _secret(value: SecretStr | None, env: str, environ: dict[str, str] | None) -> str | None:
+    if value is not None and value.get_secret_value():
+        return value.get_secret_value()
+    return (environ if environ is not None else os.environ).get(env, "") or None
 
 
 class InstanceConfig(_Strict):
@@ -222,7 +262,8 @@ class LimitsConfig(_Strict):
     saturation_kv: float = Field(0.98, gt=0, le=1)
     """No dispatch to an engine whose KV-cache usage is above this."""
     hard_deadlines: bool = False
-    """Expire requests whose ``X-SLO-Deadline-Ms`` passed while queued (504)."""
+    """Make every ``X-SLO-Deadline-Ms`` hard: the request ends with 504 when it passes,
+    queued or running (a client may ask per request with ``X-Hard-Deadline``)."""
     history_size: int = Field(10_000, ge=1)
     """Finished requests whose status stays queryable."""
     drain_timeout_s: float = Field(30.0, ge=0)
@@ -317,10 +358,34 @@ class RetryBudgetSettings(_Strict):
         return RetryBudgetConfig(ratio=self.ratio, floor=self.floor, window_s=self.window_s)
 
 
+class RateLimitSettings(_Strict):
+    """A tenant's admission limits; over them its requests get 429 with ``Retry-After``."""
+
+    requests_per_s: float | None = Field(None, gt=0)
+    """Sustained request rate (a token bucket's refill per second)."""
+    burst: int | None = Field(None, ge=1)
+    """Requests that may arrive at once after a quiet spell (the bucket's size); default: the
+    rate rounded up, at least 1."""
+    max_concurrent: int | None = Field(None, ge=1)
+    """Requests of the tenant inside the gateway at once (queued or running)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> RateLimitSettings:
+        if self.burst is not None and self.requests_per_s is None:
+            raise ValueError("burst needs requests_per_s")
+        if self.requests_per_s is None and self.max_concurrent is None:
+            raise ValueError("set requests_per_s and/or max_concurrent")
+        return self
+
+    def to_core(self) -> RateLimit:
+        return RateLimit(self.requests_per_s, self.burst, self.max_concurrent)
+
+
 class TenantConfig(_Strict):
     """A client organisation: its API keys and what its requests may ask for."""
 
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=64)
+    """Letters, digits, ``_``, ``.``, ``-``: the name namespaces the tenant's request ids."""
     api_keys: list[SecretStr] = Field(min_length=1)
     """Keys accepted as ``Authorization: Bearer <key>`` for this tenant."""
     default_priority: PriorityName = "normal"
@@ -329,6 +394,17 @@ class TenantConfig(_Strict):
     """The most urgent priority this tenant may ask for (more urgent asks are lowered to it)."""
     cost_budget: float | None = Field(None, ge=0)
     """Default per-request budget in USD (``X-Cost-Budget`` may lower it, not raise it)."""
+    rate_limit: RateLimitSettings | None = None
+    """Requests per second (token bucket), burst and concurrent requests; none by default."""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if not _TENANT_NAME.fullmatch(name):
+            raise ValueError(
+                f"{name!r}: use letters, digits, '_', '.' or '-' (the name prefixes request ids)"
+            )
+        return name
 
 
 class ControlPlaneConfig(_Strict):
@@ -380,6 +456,10 @@ class ControlPlaneConfig(_Strict):
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
             raise ValueError(f"duplicate instance ids: {', '.join(dupes)}")
+        names = [t.name for t in self.tenants]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate tenant names: {', '.join(dupes)}")
         keys = [k.get_secret_value() for t in self.tenants for k in t.api_keys]
         if len(keys) != len(set(keys)):
             raise ValueError("an API key is listed more than once (keys must name one tenant)")

@@ -3,10 +3,12 @@
 The manager owns no decision logic. It feeds the :class:`ControlCore` with ``now`` (the event
 loop's monotonic clock) and events, and carries out the core's decisions:
 
-* ``submit_request`` counts the prompt, asks the core to admit it and wakes the dispatcher;
+* ``submit_request`` counts the prompt, asks the core to admit it and asks the core for
+  ``next_dispatches(now)`` right away (a request that finds room starts without waiting for the
+  dispatch loop's turn);
 * the dispatch loop asks the core for ``next_dispatches(now)`` whenever something changed (a
-  submission, a finished request, a health or load change) and at a slow tick (aging, deadlines,
-  retry backoff), and starts one task per dispatch (:mod:`~vllm_control_plane.runtime.execution`);
+  finished request, a health or load change) and at a slow tick (aging, deadlines, retry
+  backoff), and starts one task per dispatch (:mod:`~vllm_control_plane.runtime.execution`);
 * failure detection takes instances out of rotation and back: active health checks (the fleet
   monitor) and passive detection (a circuit breaker per instance fed by request outcomes, with
   half-open probes); :class:`~vllm_control_plane.runtime.rotation.Rotation` keeps the reasons
@@ -198,6 +200,19 @@ class ControlPlaneManager:
             return
         self._spawn(self._drain(instance_id, running))
 
+    def drain_instance(self, instance_id: str) -> list[str]:
+        """Stop dispatching new requests to an instance but keep it registered (maintenance, a
+        rolling restart). Requests running there finish normally; queued ones go to other
+        instances or wait. Returns the ids still running there; :meth:`resume_instance` undoes
+        it. Unknown id → KeyError. Unlike :meth:`unregister_instance`, nothing is ever aborted."""
+        return list(self.core.drain_instance(instance_id))
+
+    def resume_instance(self, instance_id: str) -> None:
+        """Put a drained instance back into rotation (it still has to be healthy to get
+        requests). Unknown id → KeyError."""
+        self.core.resume_instance(instance_id)
+        self._kick()  # queued requests may fit there now
+
     def _forget_detectors(self, instance_id: str) -> None:
         self._monitor.tracker.forget(instance_id)
         self.detector.forget(instance_id)
@@ -270,7 +285,7 @@ class ControlPlaneManager:
         if record.status.is_terminal:
             self._finish(request.request_id)
         else:
-            self._kick()
+            self._dispatch_now(now)
         return request.request_id
 
     async def get_request_status(self, request_id: str) -> RequestStatus:
@@ -380,10 +395,27 @@ class ControlPlaneManager:
             timer.cancel()
         self._wake.clear()
 
+    def _dispatch_now(self, now: float) -> None:
+        """Dispatch a new submission at once instead of waking the dispatch loop: its wake-up is
+        one event-loop turn (a few hundred µs under load) on every request's first token. The
+        core still picks in policy order among everything queued; only requests submitted in the
+        same loop turn no longer compete for a single free slot as one batch."""
+        if self._loop is None or not self._loops or self._stopping:
+            self._kick()
+            return
+        try:
+            self._start_dispatches(now)
+        except Exception:  # same guard as the loop: the loop's next round tries again
+            log.exception("dispatch at submission failed")
+            self._kick()
+
     def _dispatch_round(self, now: float) -> None:
         self.core.expire(now)  # handles finish through on_terminal
         for probe in self.detector.due_probes(now):
             self._spawn(probe)
+        self._start_dispatches(now)
+
+    def _start_dispatches(self, now: float) -> None:
         for dispatch in self.core.next_dispatches(now):
             handle = self._handles.get(dispatch.request_id)
             if handle is None:  # evicted from history while queued: cannot happen, guard
@@ -468,7 +500,7 @@ class ControlPlaneManager:
 
     def _has_tokens(self, request_id: str) -> bool:
         handle = self._handles.get(request_id)
-        return bool(handle and handle.chunks)
+        return handle is not None and any(c.has_output for c in handle.chunks)
 
     def _remember(self, handle: RequestHandle) -> None:
         self._handles.pop(handle.request_id, None)

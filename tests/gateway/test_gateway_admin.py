@@ -184,6 +184,44 @@ async def test_drain_and_resume(start_gateway, http) -> None:
     status, _ = await _call(http, "POST", gw.url + "/admin/instances/sim-a/resume", headers=ADMIN)
     assert status == 200
     assert gw.gateway.cp.core.instance("sim-a").is_available
+    for action in ("drain", "resume"):
+        status, out = await _call(http, "POST", gw.url + f"/admin/instances/nope/{action}",
+                                  headers=ADMIN)  # fmt: skip
+        assert status == 404 and out["error"]["code"] == "instance_not_found"
+
+
+async def test_drain_under_load_lets_running_requests_finish(start_gateway, http) -> None:
+    gw = await start_gateway(
+        simulated=[sim("sim-a", time_scale=0.2, max_concurrent_requests=4),
+                   sim("sim-b", time_scale=0.2, max_concurrent_requests=4)],
+    )  # fmt: skip
+    cp = gw.gateway.cp
+    load = asyncio.create_task(_load(http, gw.url, 16))
+    await eventually(lambda: cp.core.requests_on("sim-a"), what="work on sim-a")
+    status, out = await _call(http, "POST", gw.url + "/admin/instances/sim-a/drain",
+                              headers=ADMIN)  # fmt: skip
+    assert status == 200 and out["running_requests"]  # those finish there, nothing aborted
+    assert [s for s, _ in await load] == [200] * 16
+    assert cp.get_instance_metrics("sim-a")["is_available"] is False
+    assert {iid for _, iid in await _load(http, gw.url, 4)} == {"sim-b"}
+    status, out = await _call(http, "POST", gw.url + "/admin/instances/sim-a/resume",
+                              headers=ADMIN)  # fmt: skip
+    assert status == 200 and out["draining"] is False
+    assert cp.core.counters().failed == 0 and cp.core.counters().cancelled == 0
+
+
+async def test_manager_drain_and_resume_are_public() -> None:
+    from vllm_control_plane import ControlPlaneManager, ExecutionInstance
+
+    cp = ControlPlaneManager(enable_monitoring=False)
+    cp.register_instance(ExecutionInstance("a", "127.0.0.1", 1, "m", gpu_memory_gb=80))
+    assert cp.drain_instance("a") == []  # nothing running there
+    assert cp.get_instance_metrics("a")["is_available"] is False
+    cp.resume_instance("a")
+    assert cp.get_instance_metrics("a")["is_available"] is True
+    for call in (cp.drain_instance, cp.resume_instance):
+        with pytest.raises(KeyError):
+            call("nope")
 
 
 async def test_request_status_and_cancel(start_gateway, http) -> None:

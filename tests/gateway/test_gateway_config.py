@@ -40,10 +40,38 @@ def _error(data: object) -> str:
         ({"instances": [{"instance_id": "a", "url": "ftp://x"}]}, "url must look like"),
         ({"simulated": [{"name": "s", "tp": 0}]}, "simulated[0].tp"),
         ([1, 2], "expected a mapping"),
+        ({"tenants": [{"name": "a/b", "api_keys": ["k"]}]}, "tenants[0].name: 'a/b': use letters"),
+        ({"tenants": [{"name": "a", "api_keys": ["k"]}, {"name": "a", "api_keys": ["j"]}]},
+         "duplicate tenant names: a"),
+        ({"tenants": [{"name": "a", "api_keys": ["k"], "rate_limit": {"burst": 3}}]},
+         "tenants[0].rate_limit: burst needs requests_per_s"),
+        ({"tenants": [{"name": "a", "api_keys": ["k"], "rate_limit": {}}]},
+         "tenants[0].rate_limit: set requests_per_s and/or max_concurrent"),
+        ({"tenants": [{"name": "a", "api_keys": ["k"], "rate_limit": {"requests_per_s": 0}}]},
+         "tenants[0].rate_limit.requests_per_s: Input should be greater than 0"),
+        ({"tenants": [{"name": "a", "api_keys": ["k"], "rate_limit": {"max_concurent": 2}}]},
+         "tenants[0].rate_limit.max_concurent: unknown key"),
+        ({"admin": {"protect_metrics": True, "token_env": "VCP_UNSET_1",
+                    "metrics_token_env": "VCP_UNSET_2"}},
+         "admin: protect_metrics is on but neither token nor metrics_token"),
+        ({"admin": {"protect_pages": True, "metrics_token": "m", "token_env": "VCP_UNSET_1"}},
+         "admin: protect_pages is on but no admin token"),
+        ({"admin": {"protect_metric": True}}, "admin.protect_metric: unknown key"),
     ],
 )  # fmt: skip
 def test_bad_config_names_the_key_and_why(data: object, expected: str) -> None:
     assert expected in _error(data)
+
+
+def test_tenant_limits_and_protection_map_onto_the_runtime() -> None:
+    config = parse_config({
+        "admin": {"metrics_token": "m-9f3e", "protect_metrics": True},
+        "tenants": [{"name": "acme.eu-1", "api_keys": ["k"],
+                     "rate_limit": {"requests_per_s": 2.5, "max_concurrent": 4}}],
+    })  # fmt: skip
+    limit = config.tenants[0].rate_limit.to_core()  # type: ignore[union-attr]
+    assert (limit.requests_per_s, limit.capacity, limit.max_concurrent) == (2.5, 3.0, 4)
+    assert config.admin.resolve_metrics_token() == "m-9f3e" and "m-9f3e" not in repr(config)
 
 
 def test_every_problem_is_reported_at_once() -> None:

@@ -215,7 +215,7 @@ async def test_api_keys_required_when_configured(start_gateway) -> None:
             extra_headers={"X-Priority": "critical", "X-Request-Id": "acme-1"},
         )  # fmt: skip
         assert raw.parse().choices[0].message.content
-    rec = gw.gateway.cp.core.record("acme-1")
+    rec = gw.gateway.cp.core.record("acme/acme-1")  # request ids are namespaced per tenant
     assert rec.request.tenant == "acme"
     assert rec.request.priority.name == "NORMAL"  # capped at the tenant's max_priority
 

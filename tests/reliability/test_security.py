@@ -1,9 +1,11 @@
 """Security properties of the gateway, checked from outside: the admin token, tenant API keys,
-the body size limit, what reaches the logs, and that client headers cannot claim another
-tenant's identity or privileges."""
+the body size limit, what reaches the logs, that client headers cannot claim another tenant's
+identity or privileges, and the optional protection of ``/metrics``, ``/openapi.json`` and
+``/dashboard``."""
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,7 +14,7 @@ import aiohttp
 import orjson
 import pytest
 
-from vllm_control_plane.config import parse_config
+from vllm_control_plane.config import ConfigError, parse_config
 from vllm_control_plane.gateway import Gateway, GatewayServer
 from vllm_control_plane.gateway import auth as auth_module
 
@@ -129,7 +131,7 @@ async def test_headers_cannot_claim_another_tenant_or_more_privilege(gw, http) -
     }
     status, _ = await _chat(http, gw.url, forged)
     assert status == 200
-    meta = gw.gateway.cp.core.record("forged-1").request
+    meta = gw.gateway.cp.core.record("acme/forged-1").request  # ids live in the key's tenant
     assert meta.tenant == "acme"
     assert meta.priority.name == "NORMAL"  # capped at acme's max_priority
     assert meta.cost_budget == 0.01  # a header may lower the tenant's budget, not raise it
@@ -142,7 +144,24 @@ async def test_headers_cannot_claim_another_tenant_or_more_privilege(gw, http) -
     ]
     async with http.post(gw.url + "/v1/chat/completions", json=body, headers=twice) as r:
         assert r.status == 200
-    assert gw.gateway.cp.core.record("forged-2").request.tenant == "acme"
+    assert gw.gateway.cp.core.record("acme/forged-2").request.tenant == "acme"
+
+
+async def test_user_fields_are_labels_never_a_tenant(gw, http) -> None:
+    core = gw.gateway.cp.core
+    body = {"model": "llama-3-8b", "max_tokens": 2, "user": "globex",
+            "messages": [{"role": "user", "content": "x"}]}  # fmt: skip
+    for i, extra in enumerate(({}, {"X-User-Id": "globex"}, {"X-User-Id": "globex/admin"})):
+        headers = {**_bearer(KEY_ACME), "X-Request-Id": f"globex/u-{i}", **extra}
+        async with http.post(gw.url + "/v1/chat/completions", json=body, headers=headers) as r:
+            assert r.status == 200 and r.headers["X-Request-Id"] == f"globex/u-{i}"
+        rec = core.record(f"acme/globex/u-{i}")  # still in acme's namespace
+        assert rec.request.tenant == "acme"
+        assert rec.request.user_id == extra.get("X-User-Id", "globex")
+        with pytest.raises(KeyError):
+            core.record(f"globex/u-{i}")  # nothing landed in globex's namespace
+    # a user label naming the other tenant leaves acme's own limits and budget in force
+    assert rec.request.cost_budget == 0.01 and rec.request.priority.name == "NORMAL"
 
 
 @pytest.mark.parametrize("chunked", [False, True])
@@ -182,3 +201,95 @@ async def test_config_views_do_not_reveal_secrets(gw, http) -> None:
     for secret in (ADMIN, KEY_ACME, KEY_GLOBEX):
         assert secret.encode() not in body
         assert secret not in repr(gw.gateway.config)
+
+
+# ---------------------------------------------------------------- /metrics and the pages
+
+METRICS_TOKEN = "metrics-scraper-31d7"
+PAGES = ("/openapi.json", "/dashboard")
+
+
+def _basic(password: str, user: str = "any") -> dict[str, str]:
+    raw = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {raw}"}
+
+
+async def _status(http, url: str, headers: dict[str, str] | None = None) -> int:
+    async with http.get(url, headers=headers or {}) as r:
+        if r.status == 401:
+            assert (await r.json())["error"]["code"] == "invalid_api_key"
+            assert "Basic" in r.headers["WWW-Authenticate"]  # a browser can prompt for it
+        return r.status
+
+
+async def test_metrics_and_pages_are_open_by_default(gw, http) -> None:
+    for path in ("/metrics", *PAGES):
+        assert await _status(http, gw.url + path) == 200
+
+
+@pytest.fixture
+async def guarded(no_task_leaks: None) -> AsyncIterator[GatewayServer]:
+    admin = {"token": ADMIN, "metrics_token": METRICS_TOKEN, "protect_metrics": True,
+             "protect_pages": True}  # fmt: skip
+    server = GatewayServer(Gateway(parse_config(_config(admin=admin))), port=0)
+    await server.start()
+    yield server
+    await server.close()
+
+
+async def test_protected_metrics_take_the_admin_or_the_metrics_token(guarded, http) -> None:
+    url = guarded.url + "/metrics"
+    refused = [
+        {},
+        _bearer("wrong"),
+        _bearer(KEY_ACME),
+        {"Authorization": METRICS_TOKEN},
+        _basic("wrong"),
+        {"Authorization": "Basic !!not-base64!!"},
+        {"Authorization": "Basic " + base64.b64encode(b"\xff\xfe:\xff").decode()},
+        {"Authorization": "Basic " + base64.b64encode(METRICS_TOKEN.encode()).decode()},
+    ]
+    for headers in refused:  # (the last: no "user:" part, so no password)
+        assert await _status(http, url, headers) == 401, headers
+    for headers in (_bearer(ADMIN), _bearer(METRICS_TOKEN), _basic(METRICS_TOKEN)):
+        assert await _status(http, url, headers) == 200, headers
+    # the metrics token opens /metrics only: not the pages, not the admin API
+    for path in PAGES:
+        assert await _status(http, guarded.url + path, _bearer(METRICS_TOKEN)) == 401, path
+    async with http.get(guarded.url + "/admin/status", headers=_bearer(METRICS_TOKEN)) as r:
+        assert r.status == 401
+
+
+async def test_protected_pages_take_the_admin_token(guarded, http) -> None:
+    for path in PAGES:
+        for headers in ({}, _bearer(KEY_ACME), _basic("nope")):
+            assert await _status(http, guarded.url + path, headers) == 401, (path, headers)
+        for headers in (_bearer(ADMIN), _basic(ADMIN)):  # Basic: a browser opening the page
+            assert await _status(http, guarded.url + path, headers) == 200, (path, headers)
+    # the probes stay open: an orchestrator has no token
+    for path in ("/health", "/ready"):
+        assert await _status(http, guarded.url + path) == 200
+
+
+def test_page_tokens_are_compared_in_constant_time(monkeypatch) -> None:
+    calls: list[tuple[bytes, bytes]] = []
+    real = auth_module.hmac.compare_digest
+    monkeypatch.setattr(auth_module.hmac, "compare_digest",
+                        lambda a, b: calls.append((a, b)) or real(a, b))  # fmt: skip
+    admin = {"token": ADMIN, "metrics_token": METRICS_TOKEN, "protect_metrics": True,
+             "protect_pages": True}  # fmt: skip
+    authn = auth_module.Authenticator(parse_config(_config(admin=admin)))
+    authn.check_metrics(_bearer(ADMIN))  # matches the first reference: the second is still
+    assert len(calls) == 2  # compared (no early exit that would time which token it was)
+    with pytest.raises(Exception, match="needs the admin token"):
+        authn.check_page(_bearer(METRICS_TOKEN))
+    assert len(calls) == 3
+
+
+def test_protection_without_any_token_fails_at_startup(monkeypatch) -> None:
+    monkeypatch.delenv("VCP_ADMIN_TOKEN", raising=False)
+    monkeypatch.delenv("VCP_METRICS_TOKEN", raising=False)
+    with pytest.raises(ConfigError, match="admin: protect_metrics"):
+        parse_config(_config(admin={"protect_metrics": True}))
+    monkeypatch.setenv("VCP_METRICS_TOKEN", "from-env")  # the env variable counts
+    assert parse_config(_config(admin={"protect_metrics": True})).admin.protect_metrics

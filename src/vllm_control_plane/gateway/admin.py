@@ -4,6 +4,11 @@ Every route requires ``Authorization: Bearer <admin token>`` (constant-time comp
 no token is configured). Bodies are small and rare, so they are validated with the same pydantic
 models as the config file: a bad body is a 400 naming the key, never a 500.
 
+Request ids are per tenant (see ``parsing.py``): a tenant's request is addressed by the id its
+client sent plus ``?tenant=<name>``. Without ``tenant`` the id is taken as the control plane's
+own: the client's id on a gateway without tenants, else the scoped ``<tenant>/<id>``
+(URL-encoded: ``acme%2Fabc``).
+
     GET    /admin/instances                 list with live figures
     POST   /admin/instances                 register a real instance (InstanceConfig)
     POST   /admin/simulated                 start and register a simulated one
@@ -14,8 +19,8 @@ models as the config file: a bad body is a 400 naming the key, never a 500.
     PUT    /admin/policy                    switch either or both live
     GET    /admin/status                    queue, counters, policy, gateway state
     GET    /admin/metrics                   aggregate latency / SLO / cost figures as JSON
-    GET    /admin/requests/{id}             one request's status and timings
-    POST   /admin/requests/{id}/cancel      cancel it (aborted on its engine)
+    GET    /admin/requests/{id}             one request's status and timings (?tenant=name)
+    POST   /admin/requests/{id}/cancel      cancel it (aborted on its engine) (?tenant=name)
     POST   /admin/reload                    re-read the config file and apply it
     GET    /admin/config                    the running config (secrets masked)
 """
@@ -33,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from vllm_control_plane.config import InstanceConfig, SimulatedInstanceConfig
 from vllm_control_plane.gateway.errors import GatewayError, bad_request
 from vllm_control_plane.gateway.openai_routes import GATEWAY_KEY
+from vllm_control_plane.gateway.parsing import scoped_request_id
 from vllm_control_plane.gateway.service import Gateway
 
 M = TypeVar("M", bound=BaseModel)
@@ -137,7 +143,7 @@ async def drain_instance(request: web.Request) -> web.Response:
     gw = _gw(request)
     iid = request.match_info["instance_id"]
     _instance_or_404(gw, iid)
-    running = gw.drain_instance(iid)
+    running = gw.cp.drain_instance(iid)
     return _json({"instance_id": iid, "draining": True, "running_requests": running})
 
 
@@ -145,7 +151,7 @@ async def resume_instance(request: web.Request) -> web.Response:
     gw = _gw(request)
     iid = request.match_info["instance_id"]
     _instance_or_404(gw, iid)
-    gw.resume_instance(iid)
+    gw.cp.resume_instance(iid)
     return _json({"instance_id": iid, "draining": False})
 
 
@@ -194,6 +200,7 @@ async def status(request: web.Request) -> web.Response:
         "config_path": str(gw.config_path) if gw.config_path else None,
         "simulated_instances": len(gw.fleet),
         "api_keys_required": gw.auth.keys_required,
+        "tenant_limits": gw.auth.limits_snapshot(),
     }
     return _json(out)
 
@@ -206,6 +213,12 @@ async def metrics(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------- requests, reload, config
 
 
+def _request_id(request: web.Request) -> str:
+    """The control plane's id of ``{request_id}`` (scoped by ``?tenant=`` when given)."""
+    tenant = request.query.get("tenant")
+    return scoped_request_id(tenant or None, request.match_info["request_id"])
+
+
 def _request_view(gw: Gateway, request_id: str) -> dict[str, Any]:
     try:
         rec = gw.cp.core.record(request_id)
@@ -215,8 +228,11 @@ def _request_view(gw: Gateway, request_id: str) -> dict[str, Any]:
     queue_ms = None
     if rec.scheduled_at is not None:
         queue_ms = (rec.scheduled_at - rec.submitted_at) * 1e3
+    tenant = rec.request.tenant
     return {
         "request_id": request_id,
+        "tenant": tenant,
+        "client_request_id": request_id.removeprefix(f"{tenant}/") if tenant else request_id,
         "status": rec.status.value,
         "reason": rec.reason,
         "model": rec.model_name,
@@ -236,12 +252,12 @@ def _request_view(gw: Gateway, request_id: str) -> dict[str, Any]:
 
 async def get_request(request: web.Request) -> web.Response:
     gw = _gw(request)
-    return _json(_request_view(gw, request.match_info["request_id"]))
+    return _json(_request_view(gw, _request_id(request)))
 
 
 async def cancel_request(request: web.Request) -> web.Response:
     gw = _gw(request)
-    rid = request.match_info["request_id"]
+    rid = _request_id(request)
     _request_view(gw, rid)  # 404 when unknown
     cancelled = await gw.cp.cancel_request(rid)
     return _json({"cancelled": cancelled, **_request_view(gw, rid)})

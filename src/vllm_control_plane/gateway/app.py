@@ -8,7 +8,8 @@ installed.
 
 One middleware turns every refusal (:class:`GatewayError`, aiohttp's own 404/405/413) into the
 OpenAI error envelope; an unexpected exception is logged and answered with a 500 envelope, so no
-input produces an HTML or plain-text error page.
+input produces an HTML or plain-text error page. ``/metrics``, ``/openapi.json`` and
+``/dashboard`` ask ``auth.py`` whether a credential is needed (``admin.protect_*``).
 
 :class:`GatewayServer` runs a gateway on a socket it binds itself (port 0 works, ``.url`` is
 known at once); :func:`serve` is the ``vcp serve`` loop: SIGINT/SIGTERM start a graceful
@@ -80,16 +81,19 @@ def _echo_id(request: web.Request) -> dict[str, str]:
 
 async def _metrics(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY_KEY]
+    gw.auth.check_metrics(request.headers)  # open unless admin.protect_metrics
     return web.Response(body=gw.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
 
 async def _openapi(request: web.Request) -> web.Response:
     from vllm_control_plane.gateway.openapi import openapi_json
 
+    request.app[GATEWAY_KEY].auth.check_page(request.headers)  # open unless admin.protect_pages
     return web.Response(body=openapi_json(), content_type="application/json")
 
 
 async def _dashboard(request: web.Request) -> web.Response:
+    request.app[GATEWAY_KEY].auth.check_page(request.headers)  # open unless admin.protect_pages
     try:
         page = _DASHBOARD.read_bytes()
     except OSError:  # an install without package data
@@ -240,4 +244,8 @@ def _announce_start(server: GatewayServer, announce: Callable[[str], None]) -> N
     )
     admin = "on" if gw.auth.admin_enabled else "off (set admin.token or VCP_ADMIN_TOKEN)"
     announce(f"admin API: {admin}; API keys: {'required' if gw.auth.keys_required else 'off'}")
+    guard = gw.config.admin
+    metrics = "token required" if guard.protect_metrics else "open"
+    pages = "token required" if guard.protect_pages else "open"
+    announce(f"/metrics: {metrics}; /dashboard, /openapi.json: {pages}")
     announce(f"OpenAI API on {server.url}/v1  (dashboard: {server.url}/dashboard)")

@@ -95,6 +95,19 @@ def queue_full(reason: str, retry_after_s: int) -> GatewayError:
     return GatewayError(429, reason, "queue_full", headers={"Retry-After": str(retry_after_s)})
 
 
+def rate_limited(message: str, code: str, retry_after_s: int) -> GatewayError:
+    """A tenant over its request rate (``rate_limited``) or its concurrent requests
+    (``concurrency_limited``)."""
+    return GatewayError(429, message, code, headers={"Retry-After": str(retry_after_s)})
+
+
+def duplicate_request_id(client_id: str) -> GatewayError:
+    """The caller already has a live request with this ``X-Request-Id`` (ids are per tenant)."""
+    return GatewayError(409, f"A request with X-Request-Id {client_id!r} is still in flight.",
+                        "duplicate_request_id", "X-Request-Id",
+                        headers={"X-Should-Retry": "false"})  # fmt: skip
+
+
 def no_instance(message: str, retry_after_s: int) -> GatewayError:
     return GatewayError(
         503, message, "no_healthy_instance", headers={"Retry-After": str(retry_after_s)}

@@ -4,11 +4,12 @@ Flow of a generation request: check the API key, read the body (413 past the lim
 fields the control plane needs (400), resolve the model (404) and check that a healthy instance
 serves it (503), then submit to the manager. The response waits for the request's first event:
 
-* streamed: the first chunk fixes the serving instance and the queue time, so they go out as
-  response headers with the 200; then the engine's SSE frames are written unchanged, then its
-  usage frame (only if the client asked for ``include_usage``) and ``[DONE]``. A request that ends
-  before its first token (rejected, timed out, failed) still gets a proper HTTP error status; one
-  that fails mid-stream ends with vLLM's error frame and ``[DONE]``.
+* streamed: the first frame from the engine (for chat its role frame, which vLLM sends with the
+  first token) fixes the serving instance and the queue time, so they go out as response headers
+  with the 200; then the engine's SSE frames are written unchanged as they arrive, then its usage
+  frame (only if the client asked for ``include_usage``) and ``[DONE]``. A request that ends
+  before its first frame (rejected, timed out, failed) still gets a proper HTTP error status; one
+  that fails after it ends with vLLM's error frame and ``[DONE]``.
 * not streamed: the OpenAI JSON body is rebuilt from the engine's frames once the result is in.
 
 A client that disconnects (aiohttp cancels the handler, or the write fails) cancels its request,
@@ -19,15 +20,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from vllm_control_plane.gateway.errors import GatewayError, bad_request, too_large
+from vllm_control_plane.backends.base import TokenChunk
+from vllm_control_plane.gateway.errors import (
+    GatewayError,
+    bad_request,
+    duplicate_request_id,
+    too_large,
+)
 from vllm_control_plane.gateway.outcomes import completion_body, error_for
 from vllm_control_plane.gateway.parsing import ClientRequest, load_body, parse_request
-from vllm_control_plane.gateway.passthrough import frame_head, role_frame
+from vllm_control_plane.gateway.passthrough import frame_head
 from vllm_control_plane.gateway.service import Gateway
 from vllm_control_plane.runtime.handles import RequestHandle, RequestResult
 from vllm_control_plane.types import RequestStatus
@@ -98,16 +106,16 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
     gw.begin()
     try:
         try:
-            await gw.cp.submit_request(meta)
-        except ValueError as e:  # duplicate X-Request-Id
-            raise GatewayError(409, str(e), "duplicate_request_id", "X-Request-Id",
-                               headers={"X-Should-Retry": "false"}) from None  # fmt: skip
+            await gw.cp.submit_request(meta, hard_deadline=creq.hard_deadline)
+        except ValueError:  # a live request of this caller has the same X-Request-Id
+            raise duplicate_request_id(creq.client_id) from None
         handle = gw.cp.handle(meta.request_id)
         if creq.stream:
             return await _stream(gw, request, creq, handle)
         return await _unary(gw, creq, handle)
     finally:
         gw.end()
+        gw.auth.release(meta.tenant)  # pairs with acquire() at the end of _admit
         gw.backend.pop(meta.request_id)
         if handle is not None and handle.result.done():
             result = handle.result.result()
@@ -126,6 +134,7 @@ def _admit(gw: Gateway, headers: Any, raw: bytes, chat: bool) -> ClientRequest:
         raise bad_request(str(e)) from None
     creq.meta.model_name = gw.resolve_model(creq.model)
     gw.check_serving(creq.meta.model_name)
+    gw.auth.acquire(tenant)  # last: nothing may refuse after this counts the request in
     return creq
 
 
@@ -137,7 +146,7 @@ async def _unary(gw: Gateway, creq: ClientRequest, handle: RequestHandle) -> web
         await _cancel(gw, rid)
         raise
     captured = gw.backend.pop(rid)
-    headers = _result_headers(result)
+    headers = _result_headers(result, creq.client_id)
     if not result.ok:
         err = error_for(result, captured, gw.config.server.retry_after_s)
         _count_refusal(gw, result, err)
@@ -158,13 +167,11 @@ async def _stream(
             result = await handle.result
             if not result.ok:
                 return _early_error(gw, creq, result)
-        response = web.StreamResponse(headers={**_SSE_HEADERS, **_live_headers(gw, rid)})
+        live = _live_headers(gw, rid, creq.client_id)
+        response = _SSEResponse(headers={**_SSE_HEADERS, **live})
         await response.prepare(request)
         if first is not None:
-            lead = role_frame(first.raw) if creq.chat else b""
-            await response.write(lead + first.raw)
-            async for chunk in events:
-                await response.write(chunk.raw)
+            await _relay(response, first, events)
         result = await handle.result
         await response.write(_tail(gw, creq, result, first.raw if first else b""))
         await response.write_eof()
@@ -179,11 +186,38 @@ async def _stream(
         await events.aclose()  # type: ignore[attr-defined]
 
 
+class _SSEResponse(web.StreamResponse):
+    """A stream whose headers leave with its first frame: one write and one client read fewer
+    on the way to the first token (aiohttp versions that buffer headers honour the flag, older
+    ones ignore it)."""
+
+    _send_headers_immediately = False
+
+
+async def _relay(
+    response: web.StreamResponse, first: TokenChunk, events: AsyncIterator[TokenChunk]
+) -> None:
+    """Write the engine's frames as they come. A retried attempt (one that failed before its
+    first token) sends its own role frame again: the client already has one, so it is skipped."""
+    role_sent = _is_role(first)
+    await response.write(first.raw)
+    async for chunk in events:
+        if not chunk.has_output and _is_role(chunk):
+            if role_sent:
+                continue
+            role_sent = True
+        await response.write(chunk.raw)
+
+
+def _is_role(chunk: TokenChunk) -> bool:
+    return not chunk.has_output and b'"role":' in chunk.raw
+
+
 def _early_error(gw: Gateway, creq: ClientRequest, result: RequestResult) -> web.Response:
     """A streamed request that ended before its first token: a real HTTP error status."""
     err = error_for(result, gw.backend.pop(creq.meta.request_id), gw.config.server.retry_after_s)
     _count_refusal(gw, result, err)
-    return err.response(_result_headers(result))
+    return err.response(_result_headers(result, creq.client_id))
 
 
 def _tail(gw: Gateway, creq: ClientRequest, result: RequestResult, first_raw: bytes) -> bytes:
@@ -211,9 +245,10 @@ def _count_refusal(gw: Gateway, result: RequestResult, err: GatewayError) -> Non
         gw.metrics.rejected(err.code or str(err.status))
 
 
-def _live_headers(gw: Gateway, request_id: str) -> dict[str, str]:
-    """Request id, serving instance and queue time, read from the core's record."""
-    headers = {"X-Request-Id": request_id}
+def _live_headers(gw: Gateway, request_id: str, client_id: str) -> dict[str, str]:
+    """Request id (as the client knows it), serving instance and queue time, read from the
+    core's record."""
+    headers = {"X-Request-Id": client_id}
     try:
         rec = gw.cp.core.record(request_id)
     except KeyError:
@@ -225,8 +260,8 @@ def _live_headers(gw: Gateway, request_id: str) -> dict[str, str]:
     return headers
 
 
-def _result_headers(result: RequestResult) -> dict[str, str]:
-    headers = {"X-Request-Id": result.request_id}
+def _result_headers(result: RequestResult, client_id: str) -> dict[str, str]:
+    headers = {"X-Request-Id": client_id}
     if result.instance_id:
         headers["X-Instance-Id"] = result.instance_id
     if result.queue_time_ms is not None:

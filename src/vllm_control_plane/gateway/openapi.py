@@ -80,12 +80,15 @@ _MODELS: list[type[BaseModel]] = [
 ]
 
 _METADATA_HEADERS = [
-    ("X-Request-Id", "Request id (echoed back; generated when absent).", {"type": "string"}),
+    ("X-Request-Id", "Request id, unique per tenant among live requests (echoed back; "
+     "generated when absent).", {"type": "string"}),
     ("X-User-Id", "User id (else the body's `user`).", {"type": "string"}),
     ("X-Session-Id", "Session key for sticky routing.", {"type": "string"}),
     ("X-Priority", "critical, high, normal, low or background.",
      {"type": "string", "enum": ["critical", "high", "normal", "low", "background"]}),
     ("X-SLO-Deadline-Ms", "End-to-end deadline from submission (ms).", {"type": "number"}),
+    ("X-Hard-Deadline", "true: end the request with 504 when X-SLO-Deadline-Ms passes.",
+     {"type": "string", "enum": ["true", "false"]}),
     ("X-TTFT-SLO-Ms", "Time-to-first-token objective (ms).", {"type": "number"}),
     ("X-TPOT-SLO-Ms", "Time-per-output-token objective (ms).", {"type": "number"}),
     ("X-Cost-Budget", "Largest acceptable cost in USD.", {"type": "number"}),
@@ -97,11 +100,15 @@ _ERRORS = {
     "400": "Bad parameters",
     "401": "Missing or invalid API key / admin token",
     "404": "Unknown model / instance / request",
+    "409": "X-Request-Id of a live request of the same tenant",
     "413": "Body too large",
-    "429": "Queue full (see Retry-After)",
+    "429": "Queue full, or the tenant's rate / concurrency limit (see Retry-After)",
     "503": "No healthy instance (see Retry-After)",
     "504": "Deadline passed",
 }
+
+
+_GENERATION_ERRORS = ("400", "401", "404", "409", "413", "429", "503", "504")
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -143,7 +150,7 @@ def _generation(summary: str, schema: str) -> dict[str, Any]:
                 "required": True,
                 "content": {"application/json": {"schema": _ref(schema)}},
             },
-            "responses": {**ok, **_errors("400", "401", "404", "413", "429", "503", "504")},
+            "responses": {**ok, **_errors(*_GENERATION_ERRORS)},
         }
     }
 
@@ -165,6 +172,10 @@ def _admin(method: str, summary: str, body: str | None = None, ok: str = "200",
         op["parameters"] = [
             {"name": param, "in": "path", "required": True, "schema": {"type": "string"}}
         ]
+    if param == "request_id":  # ids are per tenant
+        op["parameters"].append({"name": "tenant", "in": "query", "required": False,
+                                 "description": "The tenant whose request id this is.",
+                                 "schema": {"type": "string"}})  # fmt: skip
     return {method: op}
 
 
@@ -180,8 +191,10 @@ def _paths() -> dict[str, Any]:
         "/ready": {"get": {"tags": ["ops"], "summary": "Readiness", "responses": {
             **_json_ok("Ready"), "503": {"description": "Not ready"}}}},
         "/metrics": {"get": {"tags": ["ops"], "summary": "Prometheus metrics",
+                             "security": [{}, {"adminToken": []}, {"metricsToken": []}],
                              "responses": {"200": {"description": "Prometheus text format",
-                                                   "content": {"text/plain": {}}}}}},
+                                                   "content": {"text/plain": {}}},
+                                           **_errors("401")}}},
         "/admin/instances": {
             **_admin("get", "List instances with live figures"),
             **_admin("post", "Register a real instance", "InstanceConfig", "201"),
@@ -226,6 +239,7 @@ def openapi_document() -> dict[str, Any]:
             "securitySchemes": {
                 "apiKey": {"type": "http", "scheme": "bearer"},
                 "adminToken": {"type": "http", "scheme": "bearer"},
+                "metricsToken": {"type": "http", "scheme": "bearer"},
             },
         },
     }

@@ -8,8 +8,13 @@ comes back to the client verbatim.
 
 Headers read: ``X-Request-Id`` (echoed back; generated when absent), ``X-User-Id`` (or the body's
 ``user``), ``X-Session-Id``, ``X-Priority`` (critical/high/normal/low/background or 0–4),
-``X-SLO-Deadline-Ms``, ``X-TTFT-SLO-Ms``, ``X-TPOT-SLO-Ms``, ``X-Cost-Budget`` (USD),
-``X-Parallelism-Hint`` (tp/pp/dp/ep/hybrid).
+``X-SLO-Deadline-Ms``, ``X-Hard-Deadline`` (true/false), ``X-TTFT-SLO-Ms``, ``X-TPOT-SLO-Ms``,
+``X-Cost-Budget`` (USD), ``X-Parallelism-Hint`` (tp/pp/dp/ep/hybrid).
+
+Request ids are per tenant: a tenant's ``X-Request-Id`` ``abc`` is ``<tenant>/abc`` inside the
+control plane (tenant names cannot hold ``/``, so two tenants' ids never meet), and the client
+sees ``abc`` back. Without tenants ids are used as sent. The tenant itself comes from the API key
+only; ``X-User-Id`` and ``user`` are just labels for routing affinity and the engine.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ class ClientRequest:
     stream: bool
     include_usage: bool
     model: str | None  # as the client named it (None: the fleet's default)
+    client_id: str = ""  # the request id as the client knows it (echoed in X-Request-Id)
+    hard_deadline: bool | None = None  # X-Hard-Deadline (None: the config's default)
 
 
 def load_body(raw: bytes) -> dict[str, Any]:
@@ -79,11 +86,14 @@ def parse_request(
     extra = {k: v for k, v in body.items() if k not in _CONSUMED}
     messages, prompt = (_messages(body), None) if chat else (None, _prompt(body))
     priority = _priority(headers, tenant)
+    client_id = request_id_from(headers)
+    deadline_ms = _positive(headers, "X-SLO-Deadline-Ms")
+    hard = _hard_deadline(headers, deadline_ms)
     meta = RequestMetadata(
-        request_id=request_id_from(headers),
+        request_id=scoped_request_id(tenant, client_id),
         user_id=headers.get("X-User-Id") or _opt_str(body, "user"),
         priority=priority,
-        slo_deadline_ms=_positive(headers, "X-SLO-Deadline-Ms"),
+        slo_deadline_ms=deadline_ms,
         ttft_slo_ms=_positive(headers, "X-TTFT-SLO-Ms"),
         tpot_slo_ms=_positive(headers, "X-TPOT-SLO-Ms"),
         cost_budget=_budget(headers, tenant),
@@ -98,7 +108,7 @@ def parse_request(
         ignore_eos=extra.pop("ignore_eos", False) is True,
         extra_body=extra,
     )
-    return ClientRequest(meta, chat, stream, include_usage, model)
+    return ClientRequest(meta, chat, stream, include_usage, model, client_id, hard)
 
 
 def request_id_from(headers: Mapping[str, str]) -> str:
@@ -111,6 +121,15 @@ def request_id_from(headers: Mapping[str, str]) -> str:
             f"X-Request-Id must be 1-{_MAX_ID_LEN} printable characters.", "X-Request-Id"
         )
     return rid
+
+
+def scoped_request_id(tenant: TenantPolicy | str | None, client_id: str) -> str:
+    """The control plane's id of a tenant's request: ``<tenant>/<client id>`` (as is without a
+    tenant). Injective, because tenant names cannot contain ``/``."""
+    if tenant is None:
+        return client_id
+    name = tenant if isinstance(tenant, str) else tenant.name
+    return f"{name}/{client_id}"
 
 
 # ---------------------------------------------------------------- body fields
@@ -241,6 +260,27 @@ def _budget(headers: Mapping[str, str], tenant: TenantPolicy | None) -> float | 
     if cap is None:
         return value
     return cap if value is None else min(value, cap)
+
+
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+
+
+def _hard_deadline(headers: Mapping[str, str], deadline_ms: float | None) -> bool | None:
+    """``X-Hard-Deadline``: end the request with 504 when ``X-SLO-Deadline-Ms`` passes."""
+    raw = headers.get("X-Hard-Deadline")
+    if raw is None:
+        return None
+    value = raw.strip().lower()
+    if value in _FALSE:
+        return False
+    if value not in _TRUE:
+        raise bad_request(f"X-Hard-Deadline must be true or false, got {raw!r}.",
+                          "X-Hard-Deadline")  # fmt: skip
+    if deadline_ms is None:
+        raise bad_request("X-Hard-Deadline needs X-SLO-Deadline-Ms (the deadline to enforce).",
+                          "X-Hard-Deadline")  # fmt: skip
+    return True
 
 
 def _hint(headers: Mapping[str, str]) -> ParallelismType | None:

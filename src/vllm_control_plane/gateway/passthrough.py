@@ -6,8 +6,9 @@ usage frame (``Finished.raw_usage``, passed through byte for byte to clients tha
 as a 400). The gateway :meth:`~CapturingBackend.pop`\\s both when its response is done, so the
 tables only hold requests in flight.
 
-:func:`role_frame` rebuilds vLLM's chat role frame (``delta: {role: assistant, content: ""}``)
-from the head of the first content frame, for backends that do not pass role-only frames up.
+:func:`frame_head` gives the head of an engine frame, for the rare usage frame the gateway must
+build itself (an engine that sent none although asked). Role frames need nothing here: the
+backend passes them up like any other frame.
 """
 
 from __future__ import annotations
@@ -82,21 +83,7 @@ class CapturingBackend(Backend):
         return self._seen.pop(request_id, None) or Captured()
 
 
-_ROLE_CHOICE = (
-    b'[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}'
-)
-
-
 def frame_head(raw: bytes) -> bytes | None:
     """``data: {"id":…,"model":…,"choices":`` of a vLLM chunk frame (None if not that shape)."""
     cut = raw.find(b',"choices":')
     return raw[: cut + len(b',"choices":')] if cut > 0 else None
-
-
-def role_frame(first_raw: bytes) -> bytes:
-    """vLLM's role frame for the stream whose first content frame is ``first_raw``
-    (empty when that frame already carries the role or has an unknown shape)."""
-    if b'"role":' in first_raw:
-        return b""
-    head = frame_head(first_raw)
-    return head + _ROLE_CHOICE + b"\n\n" if head is not None else b""

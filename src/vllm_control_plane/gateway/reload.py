@@ -3,9 +3,11 @@
 :func:`plan_reload` is pure: it diffs two configs into a :class:`ReloadPlan`. Instances are
 matched by id: new ids are added, missing ids are drained and removed (their running requests
 finish first), and an entry whose settings changed is replaced — drained, then re-added under the
-same id once the old one is gone. Policy and strategy switch live; tenants, API keys and the admin
-token are swapped at once. Settings that only take effect at startup (listen address, queue
-limits, monitor intervals, seed) are reported under ``restart_needed`` rather than half-applied.
+same id once the old one is gone. Policy and strategy switch live; tenants, API keys, rate limits
+and the admin and metrics tokens are swapped at once (a tenant whose rate limit did not change
+keeps its bucket, so a reload hands out no fresh burst). Settings that only take effect at
+startup (listen address, queue limits, monitor intervals, seed) are reported under
+``restart_needed`` rather than half-applied.
 """
 
 from __future__ import annotations
@@ -87,7 +89,8 @@ async def apply_reload(gw: Gateway, plan: ReloadPlan, new: ControlPlaneConfig) -
     """Carry ``plan`` out on a running gateway; returns the plan's summary."""
     from vllm_control_plane.gateway.auth import Authenticator
 
-    gw.auth = Authenticator(new)
+    # the limiter carries over: buckets and in-flight counts must survive the swap
+    gw.auth = Authenticator(new, limiter=gw.auth.limiter, clock=gw.auth.clock)
     if plan.policy is not None:
         gw.cp.update_policy(plan.policy)
     if plan.strategy is not None:

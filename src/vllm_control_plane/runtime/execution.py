@@ -1,9 +1,10 @@
 """One attempt of one request on one instance: stream the backend's events into the core.
 
 The core decides, this loop reports: the first token (``on_first_token``), the chunks (onto the
-request's handle), then exactly one of ``on_complete`` / ``on_failed``. A failure is retryable
-only while no token has reached the handle — after that a retry would repeat or contradict text
-the client already has, so the request ends FAILED with the error (never a silent truncation).
+request's handle, output-less role frames included), then exactly one of ``on_complete`` /
+``on_failed``. A failure is retryable only while no token has reached the handle — after that
+a retry would repeat or contradict text the client already has, so the request ends FAILED with
+the error (never a silent truncation).
 Before asking the core to retry, the attempt asks the fleet-wide retry budget; the budget's
 refusal becomes part of the FAILED reason.
 
@@ -43,7 +44,7 @@ async def run_attempt(
             if not core.is_live(rid):  # ended elsewhere (cancel, deadline) and the cancel of
                 return None  # this task got lost: stop reading, closing aborts the engine
             if isinstance(event, TokenChunk):
-                if not got_token:
+                if not got_token and event.has_output:  # (a role frame is not a token)
                     got_token = True
                     core.on_first_token(rid, now())
                 handle.push(event)

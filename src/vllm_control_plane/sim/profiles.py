@@ -50,12 +50,17 @@ class GPUProfile:
     kv_cache_bytes: float | None = None  # fixed KV space (vLLM-CPU's VLLM_CPU_KVCACHE_SPACE)
     default_max_num_batched_tokens: int = 2048
     default_max_num_seqs: int = 256
+    # vLLM's KV block size (tokens) on this device when --block-size is not given: 16 on CUDA
+    # GPUs, 128 on its CPU backend.
+    default_block_size: int = 16
     aliases: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for field_name in ("flops", "mem_bw", "mem_bytes", "link_bw"):
             if getattr(self, field_name) <= 0:
                 raise ValueError(f"GPUProfile.{field_name} must be > 0")
+        if self.default_block_size < 1:
+            raise ValueError("GPUProfile.default_block_size must be >= 1")
         if not (0 < self.eta_mem <= 1 and 0 < self.eta_compute <= 1):
             raise ValueError("efficiency factors must be in (0, 1]")
         if min(self.t0, self.t_seq, self.t_prefill) < 0:
@@ -239,7 +244,7 @@ register_gpu(
 # `python benchmarks/sim_fidelity.py fit` (from benchmarks/results/vllm_cpu_profile.json; every
 # measured prefill time and TPOT within 6 %; docs/benchmarks.md). Other models on a CPU are an
 # extrapolation. KV space: VLLM_CPU_KVCACHE_SPACE's default, 4 GiB. vLLM uses 128-token KV blocks
-# on the CPU (pass --block-size 128 to `vcp sim`); max_num_seqs defaults to 128 there.
+# on the CPU (so prefix-cache hits come in 128-token steps) and max_num_seqs defaults to 128 there.
 register_gpu(
     GPUProfile(
         "CPU",
@@ -256,6 +261,7 @@ register_gpu(
         reserved_bytes=0.0,
         kv_cache_bytes=4 * GIB,
         default_max_num_seqs=128,
+        default_block_size=128,
         aliases=("cpu", "vllm-cpu"),
     )
 )

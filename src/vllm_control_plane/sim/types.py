@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from vllm_control_plane.sim.profiles import get_gpu
+
 FinishReason = Literal["stop", "length", "abort"]
 
 
@@ -39,6 +41,9 @@ class EngineSpec:
 
     ``None`` fields take vLLM's defaults for the GPU (DESIGN §5): H100/H200 8192 batched tokens
     and 1024 seqs, others 2048 / 256; ``max_model_len`` defaults to the model's context length.
+    ``block_size`` is resolved here, at construction, from the GPU profile (16 tokens on GPUs,
+    128 on vLLM's CPU backend), because the KV pool and every prompt's block hashes depend on it;
+    an unknown GPU name is therefore an error already here.
     """
 
     model: str = "llama-3-8b"
@@ -46,7 +51,7 @@ class EngineSpec:
     tp: int = 1
     pp: int = 1
     gpu_memory_utilization: float = 0.9
-    block_size: int = 16
+    block_size: int | None = None  # tokens per KV block; None: the GPU's (an int once built)
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
     max_model_len: int | None = None
@@ -56,6 +61,11 @@ class EngineSpec:
     mean_output_tokens: float = 256.0  # mean of the natural output length when EOS is allowed
     seed: int = 0
     served_model_name: str | None = None  # name on the API; defaults to ``model``
+
+    def __post_init__(self) -> None:
+        if self.block_size is None:
+            # Frozen: set once, before anyone can see the spec.
+            object.__setattr__(self, "block_size", get_gpu(self.gpu).default_block_size)
 
 
 @dataclass(frozen=True, slots=True)
