@@ -393,7 +393,9 @@ class ControlCore:
             return f"queue full ({self.limits.max_queued} queued), none of lower priority"
         self._queue.remove(victim)
         self._acct.counters.shed += 1
-        reason = f"shed: queue full, displaced by higher-priority {rec.request_id!r}"
+        # the displacing request is not named: it may belong to another tenant
+        prio_name = prio.name.lower()
+        reason = f"shed: queue full, displaced by a request of higher priority ({prio_name})"
         self._finish(victim, _S.REJECTED, now, reason)
         return None
 

@@ -53,9 +53,6 @@ def _client_error(status: int | None) -> bool:
 
 def _rejection(reason: str, retry_after_s: int) -> GatewayError:
     low = reason.lower()
-    if "displaced by" in low:  # the core's reason names the other request: not the client's
-        return queue_full("Queue full: shed to make room for a higher-priority request.",
-                          retry_after_s)  # fmt: skip
     if "queue full" in low:
         return queue_full(f"Queue full: {reason}.", retry_after_s)
     if "cost budget" in low:
