@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
+from vllm_control_plane.core.concurrency import AdaptiveConcurrency
 from vllm_control_plane.core.limits import CoreLimits
 from vllm_control_plane.core.policies import POLICIES
 from vllm_control_plane.core.routing import BASELINES, normalize_name
@@ -106,6 +107,7 @@ class BenchConfig:
             "strategy": self.strategy,
             "baseline": self.baseline,
             "concurrency_per_capacity": self.concurrency_per_capacity,
+            "adaptive_concurrency": lim.adaptive_concurrency is not None,
             "saturation_waiting": lim.saturation_waiting,
             "saturation_kv": lim.saturation_kv,
             "max_queued": lim.max_queued,
@@ -140,14 +142,21 @@ PROJECT_BEST = "vcp_best"
 def project_best() -> BenchConfig:
     """The project's best configuration, the same for every scenario (docs/bench.md says why).
 
-    ``slo_aware`` orders the queue by slack, checks that an instance can meet a request's TTFT,
-    TPOT and deadline before placing it there, and demotes requests that can no longer make it;
-    ``predictive`` places each request where its predicted latency (own prefill backlog, cached
-    prefix, decode at the current batch) is lowest; a cap of 128 requests in flight per A100-80G
-    of capacity keeps the engines' batches where decode stays fast and makes the control plane's
-    queue — where the policy acts — the place requests wait.
+    ``priority`` orders the control plane's queue by priority (with aging); ``predictive``
+    places each request where its predicted latency (own prefill backlog, cached prefix, decode
+    at the current batch) is lowest, and parks it for a busy instance holding its prefix when the
+    wait is predicted to cost less than the lost cache; adaptive concurrency
+    (core/concurrency.py) holds requests with loose SLOs in the queue while the engines' TPOT
+    nears the tightest SLO they serve, under a ceiling of 256 requests in flight per A100-80G of
+    capacity (vLLM's default ``max_num_seqs``).
     """
-    return BenchConfig(PROJECT_BEST, "slo_aware", "predictive", concurrency_per_capacity=128)
+    return BenchConfig(
+        PROJECT_BEST,
+        "priority",
+        "predictive",
+        concurrency_per_capacity=256,
+        limits=CoreLimits(adaptive_concurrency=AdaptiveConcurrency()),
+    )
 
 
 def resolve_config(

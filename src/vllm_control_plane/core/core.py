@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from vllm_control_plane.core.accounting import Accounting, Counters
+from vllm_control_plane.core.concurrency import ConcurrencyController
 from vllm_control_plane.core.cost import CostMeter, gpu_price, hourly_rate
 from vllm_control_plane.core.estimator import RooflineEstimator, resolve_gpu
 from vllm_control_plane.core.fleet import Fleet
@@ -136,6 +137,8 @@ class ControlCore:
         self._strategy = _strategy_from(strategy, self._routing_ctx)
         self._queue = RequestQueue(self._policy.order_key)
         self._fleet.on_ready = self._wake
+        adaptive = self.limits.adaptive_concurrency
+        self._concurrency = ConcurrencyController(adaptive) if adaptive is not None else None
         self._live: dict[str, RequestRecord] = {}
         self._history: OrderedDict[str, RequestRecord] = OrderedDict()
         self._on_instance: dict[str, set[str]] = {}
@@ -261,6 +264,8 @@ class ControlCore:
 
     def _forget_instance(self, instance_id: str) -> None:
         self._fleet.forget(instance_id)
+        if self._concurrency is not None:
+            self._concurrency.forget(instance_id)
         self._meter.remove_instance(instance_id)
         self._on_instance.pop(instance_id, None)
         forget = getattr(self.estimator, "forget", None)
@@ -463,6 +468,11 @@ class ControlCore:
         def everywhere() -> Sequence[ExecutionInstance]:
             return self._fleet.usable(rec.model_name, hint, rec.excluded)
 
+        if room and self._concurrency is not None:
+            room = self._concurrency.admit(rec.request.tpot_slo_ms, room)
+            if not room:
+                return Defer("adaptive concurrency: instances at their limit for looser SLOs",
+                             frozenset(i.instance_id for i in everywhere()) or None)  # fmt: skip
         if not room:
             wait_for = frozenset(i.instance_id for i in everywhere())
             return Defer("no allowed instance has room", wait_for or None)
@@ -473,7 +483,7 @@ class ControlCore:
         tier = next((t for t in verdict.tiers if t), None)
         if tier is None:
             return Defer("no instance with room in any allowed tier")
-        return self._route(rec, tier, verdict, now)
+        return self._route(rec, tier, verdict, now, everywhere)
 
     def _route(
         self,
@@ -481,7 +491,8 @@ class ControlCore:
         tier: Sequence[ExecutionInstance],
         verdict: Placement,
         now: float,
-    ) -> Dispatch:
+        everywhere: Callable[[], Sequence[ExecutionInstance]] | None = None,
+    ) -> Dispatch | Defer:
         route = RouteRequest(
             rec.request,
             rec.prompt_tokens,
@@ -501,6 +512,10 @@ class ControlCore:
                 f"routing strategy {self.strategy_name!r} chose {choice.instance_id!r}, "
                 "which is not among its candidates"
             )
+        if everywhere is not None and not rec.excluded:
+            waited = self._worth_waiting(route, chosen, tier, everywhere())
+            if waited is not None:
+                return waited
         pred = verdict.predictions.get(inst.instance_id) or self._ctx.predict(rec, inst)
         decision = SchedulingDecision(
             request_id=rec.request_id,
@@ -525,6 +540,27 @@ class ControlCore:
             rec.output_tokens,
             rec.retries + 1,
         )
+
+    def _worth_waiting(
+        self,
+        route: RouteRequest,
+        chosen: str,
+        tier: Sequence[ExecutionInstance],
+        usable: Sequence[ExecutionInstance],
+    ) -> Defer | None:
+        """Ask the strategy whether a busy instance is worth waiting for (see
+        :meth:`RoutingStrategy.wait_for`); a named, usable, busy instance parks the request."""
+        if type(self._strategy).wait_for is RoutingStrategy.wait_for:
+            return None  # the default never waits: skip building the busy list
+        in_tier = {i.instance_id for i in tier}
+        busy = [i for i in usable if i.instance_id not in in_tier]
+        if not busy:
+            return None
+        target = self._strategy.wait_for(route, chosen, busy)
+        if target is None or target not in {i.instance_id for i in busy}:
+            return None
+        return Defer(f"{self.strategy_name}: waiting for {target} (worth more than {chosen})",
+                     frozenset((target,)))  # fmt: skip
 
     def _assign(
         self,
@@ -608,6 +644,7 @@ class ControlCore:
         if rec.first_token_at is not None and completion_tokens > 1:
             tpot_ms = (now - rec.first_token_at) * 1e3 / (completion_tokens - 1)
             self._calibrate(rec, tpot_ms=tpot_ms)
+            self._adapt_concurrency(rec, tpot_ms, now)
         self._note_latency(rec, now)
         self._finish(rec, _S.COMPLETED, now, f"finished: {finish_reason}")
         return True
@@ -731,6 +768,33 @@ class ControlCore:
         observe = getattr(self.estimator, "observe", None)
         if observe is not None:
             observe(rec.instance_id, rec.prediction, **observed)
+
+    def _adapt_concurrency(self, rec: RequestRecord, tpot_ms: float, now: float) -> None:
+        slo = rec.request.tpot_slo_ms
+        if self._concurrency is None or slo is None or rec.instance_id is None:
+            return
+        if self._fleet.is_retired(rec.instance_id):
+            return
+        inst = self._fleet.lookup(rec.instance_id)
+        if inst is None:
+            return
+        changed = self._concurrency.observe(
+            inst.instance_id,
+            tpot_ms,
+            slo,
+            active=inst.active_requests,
+            ceiling=inst.max_concurrent_requests,
+            now=now,
+        )
+        if changed:
+            self._fleet.touch(inst.instance_id)
+
+    def concurrency_limit(self, instance_id: str) -> int:
+        """Requests of elastic SLO the instance may run now (see core/concurrency.py): its
+        ``max_concurrent_requests``, or the adaptive limit below it."""
+        inst = self._fleet.get(instance_id)
+        limit = self._concurrency.limit(instance_id) if self._concurrency is not None else None
+        return inst.max_concurrent_requests if limit is None else limit
 
     def _note_latency(self, rec: RequestRecord, now: float) -> None:
         inst = self._fleet.lookup(rec.instance_id or "")

@@ -80,6 +80,21 @@ class RoutingStrategy(abc.ABC):
     def select(self, req: RouteRequest, candidates: Sequence[ExecutionInstance]) -> RouteChoice:
         """Return the chosen instance. MUST return one of ``candidates``."""
 
+    def wait_for(
+        self,
+        req: RouteRequest,
+        chosen: str,
+        busy: Sequence[ExecutionInstance],
+    ) -> str | None:
+        """After :meth:`select` chose ``chosen``: an instance among ``busy`` (healthy but without
+        room now) worth waiting for instead, or None to dispatch to ``chosen`` now.
+
+        Why: with concurrency caps binding, "whoever frees a slot first" takes the request away
+        from the instance holding its cached prefix; a strategy that can price the wait against
+        the lost cache says so here. The default never waits.
+        """
+        return None
+
     def on_dispatch(self, req: RouteRequest, instance_id: str) -> None:  # noqa: B027
         """The request was sent to ``instance_id`` (update indexes, in-flight counts)."""
 

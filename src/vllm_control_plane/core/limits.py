@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from vllm_control_plane.core.concurrency import AdaptiveConcurrency
 from vllm_control_plane.types import RequestPriority
 
 
@@ -56,6 +57,10 @@ class CoreLimits:
 
     no_slo_slack_s: float = 60.0
     """``slo_aware``: a request without SLO is ordered as if its deadline were this far away."""
+
+    adaptive_concurrency: AdaptiveConcurrency | None = None
+    """When set, each instance's concurrency limit adapts below its ``max_concurrent_requests``
+    to keep completed requests' TPOT inside their SLOs (core/concurrency.py); None: fixed caps."""
 
     max_skips_per_dispatch: int = 8
     """Deferred requests of one class that name no instance to wait for and may be passed over

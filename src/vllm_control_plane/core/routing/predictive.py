@@ -63,6 +63,7 @@ class Predictive(RoutingStrategy):
         self._free_at: dict[str, float] = {}
         self._blocks = LastBlocks(request_blocks)
         self._prefill: dict[str, float] = {}  # the last select's prefill seconds per candidate
+        self._chosen_costs: dict[str, float] = {}  # the last select's costs
 
     def _ratios(self, inst: ExecutionInstance) -> tuple[float, float]:
         """The estimator's (TTFT, TPOT) calibration of ``inst``, to divide out; (1, 1) if none."""
@@ -77,13 +78,15 @@ class Predictive(RoutingStrategy):
         predict = floor or self.estimator.predict
         return float(predict(inst, max(1, tokens), output).ttft_ms) / 1e3 / ratio
 
-    def select(self, req: RouteRequest, candidates: Sequence[ExecutionInstance]) -> RouteChoice:
+    def _costs(
+        self, req: RouteRequest, candidates: Sequence[ExecutionInstance]
+    ) -> tuple[dict[str, float], dict[str, int], int]:
+        """Predicted seconds to serve ``req`` on each candidate; cached blocks; prompt blocks."""
         blocks = self._blocks(req)
         by_id = {c.instance_id: c for c in candidates}
         depth = self.index.match(blocks, by_id) if blocks else {}
         out = req.output_tokens
         costs: dict[str, float] = {}
-        self._prefill = {}
         for c in candidates:
             iid = c.instance_id
             cached = min(depth.get(iid, 0) * BLOCK_TOKENS, req.prompt_tokens - 1)
@@ -94,14 +97,46 @@ class Predictive(RoutingStrategy):
             self._prefill[iid] = prefill
             stalled = max(c.active_requests, c.num_requests_running)  # all wait for a prefill
             costs[iid] = backlog + prefill * (1 + stalled) + tpot * max(0, out - 1)
+        return costs, depth, len(blocks)
+
+    def select(self, req: RouteRequest, candidates: Sequence[ExecutionInstance]) -> RouteChoice:
+        self._prefill = {}
+        costs, depth, n_blocks = self._costs(req, candidates)
+        self._chosen_costs = costs
         best = min(candidates, key=lambda c: costs[c.instance_id]).instance_id
         hit = depth.get(best, 0)
         reason = (
             f"lowest predicted latency {costs[best] * 1e3:.0f} ms "
             f"(prefill backlog {max(0.0, self._free_at.get(best, req.now) - req.now) * 1e3:.0f} ms"
-            f", {hit}/{len(blocks)} prompt blocks cached) among {len(candidates)}"
+            f", {hit}/{n_blocks} prompt blocks cached) among {len(candidates)}"
         )
         return RouteChoice(best, reason, minmax_scores(costs))
+
+    def wait_for(
+        self, req: RouteRequest, chosen: str, busy: Sequence[ExecutionInstance]
+    ) -> str | None:
+        """A busy instance whose predicted latency plus the wait for a free slot beats the
+        chosen one's — in practice one holding much more of the prompt in its prefix cache.
+
+        The wait for a slot is the instance's mean time between completions: its recent mean
+        latency over the requests it runs (Little's law); an instance with no completed request
+        yet has no estimate and is not waited for.
+        """
+        chosen_cost = self._chosen_costs.get(chosen)
+        if chosen_cost is None:
+            return None
+        kept = dict(self._prefill)  # on_dispatch reads the chosen candidate's prefill
+        costs, depth, _ = self._costs(req, busy)
+        self._prefill = kept
+        best, best_cost = None, chosen_cost
+        for inst in busy:
+            if inst.avg_latency_ms <= 0 or not depth.get(inst.instance_id):
+                continue  # no estimate of the wait, or nothing cached there to wait for
+            wait = inst.avg_latency_ms / 1e3 / max(1, inst.active_requests)
+            cost = costs[inst.instance_id] + wait
+            if cost < best_cost:
+                best, best_cost = inst.instance_id, cost
+        return best
 
     def on_dispatch(self, req: RouteRequest, instance_id: str) -> None:
         prefill = self._prefill.get(instance_id)
