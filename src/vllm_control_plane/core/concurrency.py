@@ -12,8 +12,9 @@ How it works (AIMD, as TCP's congestion window and Netflix's concurrency-limits)
 that completes with a TPOT SLO gives a sample ``observed TPOT / TPOT SLO`` for its instance. The
 instance's *protected* SLO is the tightest TPOT SLO among its recent samples; the samples of
 requests with that SLO are smoothed by an EWMA. When the smoothed ratio exceeds ``target`` the
-instance's limit is cut by ``backoff`` (at most once per ``cooldown_s``, since the samples of
-requests admitted before the cut keep arriving for a while); otherwise, while the limit binds
+instance's limit is cut by ``backoff`` and the average starts afresh; samples of requests dispatched before the
+last cut are then ignored — they describe the load before it, and counting them would cut again
+and again for one overload (TCP cuts once per round trip for the same reason). Otherwise, while the limit binds
 (the instance runs within one request of it), it grows by ``increase / limit`` per sample —
 about ``increase`` per limit's worth of completions. The limit stays within
 ``[min_limit, max_concurrent_requests]``; the controller starts at the configured cap.
@@ -52,8 +53,6 @@ class AdaptiveConcurrency:
     """Additive growth per limit's worth of samples while the limit binds."""
     min_limit: int = 2
     """Floor of the limit: an instance always takes this many requests."""
-    cooldown_s: float = 2.0
-    """Least time between two cuts of one instance's limit."""
     alpha: float = 0.2
     """EWMA weight of the newest sample."""
 
@@ -62,10 +61,8 @@ class AdaptiveConcurrency:
             raise ValueError(
                 "AdaptiveConcurrency needs target > 0, 0 < backoff < 1 and 0 < alpha <= 1"
             )
-        if self.increase <= 0 or self.min_limit < 1 or self.cooldown_s < 0:
-            raise ValueError(
-                "AdaptiveConcurrency needs increase > 0, min_limit >= 1 and cooldown_s >= 0"
-            )
+        if self.increase <= 0 or self.min_limit < 1:
+            raise ValueError("AdaptiveConcurrency needs increase > 0 and min_limit >= 1")
 
 
 @dataclass
@@ -103,9 +100,11 @@ class ConcurrencyController:
         *,
         active: int,
         ceiling: int,
+        dispatched_at: float,
         now: float,
     ) -> bool:
-        """Feed one completed request's TPOT; True when the instance's whole limit changed."""
+        """Feed the TPOT of a request dispatched at ``dispatched_at`` that completed at ``now``;
+        True when the instance's whole limit changed."""
         s = self.settings
         floor = min(s.min_limit, ceiling)
         st = self._state.get(instance_id)
@@ -113,14 +112,13 @@ class ConcurrencyController:
             st = self._state[instance_id] = _State(float(ceiling))
         before = int(st.limit)
         st.slos.append(tpot_slo_ms)
-        if tpot_slo_ms > st.protected():
-            return False  # an elastic request's TPOT: not what the limit protects
+        if tpot_slo_ms > st.protected() or dispatched_at < st.last_cut:
+            return False  # elastic, or from before the last cut: not evidence about now
         sample = tpot_ms / tpot_slo_ms
         st.ratio = sample if st.ratio is None else st.ratio + s.alpha * (sample - st.ratio)
         if st.ratio > s.target:
-            if now - st.last_cut >= s.cooldown_s:
-                st.limit = max(floor, st.limit * s.backoff)
-                st.last_cut = now
+            st.limit = max(floor, st.limit * s.backoff)
+            st.last_cut, st.ratio = now, None
         elif active + 1 >= int(st.limit):
             st.limit = min(float(ceiling), st.limit + s.increase / st.limit)
         st.limit = min(max(st.limit, floor), float(ceiling))

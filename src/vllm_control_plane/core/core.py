@@ -784,6 +784,7 @@ class ControlCore:
             slo,
             active=inst.active_requests,
             ceiling=inst.max_concurrent_requests,
+            dispatched_at=rec.scheduled_at if rec.scheduled_at is not None else now,
             now=now,
         )
         if changed:
