@@ -12,12 +12,12 @@ How it works (AIMD, as TCP's congestion window and Netflix's concurrency-limits)
 that completes with a TPOT SLO gives a sample ``observed TPOT / TPOT SLO`` for its instance. The
 instance's *protected* SLO is the tightest TPOT SLO among its recent samples; the samples of
 requests with that SLO are smoothed by an EWMA. When the smoothed ratio exceeds ``target`` the
-instance's limit is cut by ``backoff`` and the average starts afresh; samples of requests dispatched before the
-last cut are then ignored — they describe the load before it, and counting them would cut again
-and again for one overload (TCP cuts once per round trip for the same reason). Otherwise, while the limit binds
-(the instance runs within one request of it), it grows by ``increase / limit`` per sample —
-about ``increase`` per limit's worth of completions. The limit stays within
-``[min_limit, max_concurrent_requests]``; the controller starts at the configured cap.
+instance's limit is cut by ``backoff`` and the average starts afresh; samples of requests
+dispatched before the last cut are then ignored — they describe the load before it, and counting
+them would cut again and again for one overload (TCP cuts once per round trip for the same
+reason). Otherwise, while the limit binds (the instance runs within one request of it), it grows
+by ``increase / limit`` per sample — about ``increase`` per limit's worth of completions. The
+limit stays within ``[min_limit, max_concurrent_requests]``; it starts at the configured cap.
 
 The limit holds back only *elastic* requests — no TPOT SLO, or a looser one than the instance's
 protected SLO — which can wait in the control plane's queue without missing their SLOs
@@ -57,7 +57,7 @@ class AdaptiveConcurrency:
     """EWMA weight of the newest sample."""
 
     def __post_init__(self) -> None:
-        if not 0 < self.target or not 0 < self.backoff < 1 or not 0 < self.alpha <= 1:
+        if self.target <= 0 or not 0 < self.backoff < 1 or not 0 < self.alpha <= 1:
             raise ValueError(
                 "AdaptiveConcurrency needs target > 0, 0 < backoff < 1 and 0 < alpha <= 1"
             )
