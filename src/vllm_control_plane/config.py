@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from vllm_control_plane.backends.base import Timeouts
+from vllm_control_plane.core.concurrency import AdaptiveConcurrency
 from vllm_control_plane.core.limits import CoreLimits
 from vllm_control_plane.core.rate_limit import RateLimit
 from vllm_control_plane.runtime.circuit import CircuitConfig
@@ -245,6 +246,26 @@ class SimulatedInstanceConfig(ServerConfig):
         )
 
 
+class AdaptiveConcurrencySettings(_Strict):
+    """Per-instance concurrency limits that adapt to keep TPOT inside the tightest SLO served
+    (core/concurrency.py); only requests with looser (or no) TPOT SLOs are held back."""
+
+    target: float = Field(0.8, gt=0)
+    """Keep the smoothed observed/SLO TPOT ratio at or below this."""
+    backoff: float = Field(0.85, gt=0, lt=1)
+    """Multiplicative cut of the limit on a breach."""
+    increase: float = Field(2.0, gt=0)
+    """Growth per limit's worth of healthy completions while the limit binds."""
+    min_limit: int = Field(2, ge=1)
+    """Floor of an instance's limit."""
+
+    def to_core(self) -> AdaptiveConcurrency:
+        return AdaptiveConcurrency(
+            target=self.target, backoff=self.backoff, increase=self.increase,
+            min_limit=self.min_limit,
+        )  # fmt: skip
+
+
 class LimitsConfig(_Strict):
     """Queue bounds, retries and dispatch thresholds (mapped onto the core's ``CoreLimits``)."""
 
@@ -268,6 +289,8 @@ class LimitsConfig(_Strict):
     """Finished requests whose status stays queryable."""
     drain_timeout_s: float = Field(30.0, ge=0)
     """A removed instance's running requests get this long to finish."""
+    adaptive_concurrency: AdaptiveConcurrencySettings | None = None
+    """Off unless given (``{}`` turns it on with the defaults)."""
 
     def to_core(self) -> CoreLimits:
         per_priority = {
@@ -283,6 +306,9 @@ class LimitsConfig(_Strict):
             saturation_kv=self.saturation_kv,
             hard_deadlines=self.hard_deadlines,
             history_size=self.history_size,
+            adaptive_concurrency=(
+                self.adaptive_concurrency.to_core() if self.adaptive_concurrency else None
+            ),
         )
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
@@ -250,6 +251,7 @@ class ControlPlaneManager:
             "is_available": inst.is_available,
             "current_load": inst.current_load,
             "max_concurrent_requests": inst.max_concurrent_requests,
+            "concurrency_limit": self.core.concurrency_limit(instance_id),
             "num_requests_running": inst.num_requests_running,
             "num_requests_waiting": inst.num_requests_waiting,
             "kv_cache_usage": inst.kv_cache_usage,
@@ -421,9 +423,8 @@ class ControlPlaneManager:
             if handle is None:  # evicted from history while queued: cannot happen, guard
                 self.core.on_failed(dispatch.request_id, now, "lost handle", retryable=False)
                 continue
-            handle.task = asyncio.create_task(
-                self._execute(dispatch, handle), name=f"vcp-req-{dispatch.request_id}"
-            )
+            task = _start_task(self._execute(dispatch, handle), f"vcp-req-{dispatch.request_id}")
+            handle.task = task if not task.done() else None
 
     async def _execute(self, dispatch: Dispatch, handle: RequestHandle) -> None:
         rid, iid = dispatch.request_id, dispatch.instance_id
@@ -452,6 +453,10 @@ class ControlPlaneManager:
         finally:
             if deadline is not None:
                 deadline.cancel()
+            # A finished task kept in the history is ~6 more objects per request for every full
+            # garbage collection to walk. (A retry may already have its own task: keep that.)
+            if handle.task is asyncio.current_task():
+                handle.task = None
             self.detector.on_attempt(iid, outcome)
             self._kick()
 
@@ -522,6 +527,16 @@ class ControlPlaneManager:
     def _result(self, request_id: str, handle: RequestHandle | None) -> RequestResult:
         text = handle.text if handle is not None else ""
         return RequestResult.from_record(self.core.record(request_id), text)
+
+
+def _start_task(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+    """A task for one attempt. From Python 3.12 it starts eagerly: it runs at once up to its
+    first real wait (the engine's answer), so the request is on the wire without waiting for
+    the event loop's next turn — a few hundred µs of every first token under load."""
+    if sys.version_info >= (3, 12):
+        loop = asyncio.get_running_loop()
+        return asyncio.Task(coro, loop=loop, name=name, eager_start=True)  # type: ignore[call-arg]
+    return asyncio.create_task(coro, name=name)
 
 
 async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
