@@ -58,7 +58,7 @@ async def test_breached_tpot_slo_lowers_the_limit_for_batch_requests_only() -> N
                     max_tokens=2000,
                     ignore_eos=True,
                     priority=RequestPriority.LOW,
-                )  # fmt: skip
+                )
                 for k in range(3)
             ]
             for r in batch:
