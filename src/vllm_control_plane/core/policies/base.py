@@ -123,6 +123,12 @@ class PolicyContext:
         predict, p, o = self.estimator.predict, rec.prompt_tokens, rec.output_tokens
         return {inst.instance_id: predict(inst, p, o) for inst in instances}
 
+    def predict_idle(self, rec: RequestRecord, inst: ExecutionInstance) -> Prediction | None:
+        """The prediction on ``inst`` idle (what its hardware can do at best), or None when
+        the estimator offers no ``predict_floor``."""
+        floor = getattr(self.estimator, "predict_floor", None)
+        return None if floor is None else floor(inst, rec.prompt_tokens, rec.output_tokens)
+
     def best(self, rec: RequestRecord) -> tuple[float, float] | None:
         """(best TTFT ms, best latency ms) over the instances serving ``rec`` — on idle
         instances when the estimator offers ``predict_floor`` — cached on the record at first

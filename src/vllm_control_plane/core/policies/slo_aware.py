@@ -7,8 +7,13 @@ of the two slacks counts. A request without SLO is keyed as if its deadline were
 ``no_slo_slack_s`` after submission, so it is served when it truly has the least slack and
 cannot starve behind a stream of deadline traffic.
 
-Placement: instances with room whose current prediction meets the deadline(s). When none with
-room can, but a full one could, the request waits (Defer). When no instance could meet it at
+Placement: once some instance with room is predicted to meet the deadline(s) under its current
+load, the request may go to any instance with room whose hardware could meet them *idle*; the
+routing strategy chooses among those. Load differences are the strategy's to weigh — it may know
+what the estimator does not (a prefix-aware strategy knows where the prompt is cached, which
+makes a busier instance the faster one: filtering on load-based predictions sent multi-turn
+traffic away from its cached histories and collapsed attainment). When none with room can meet
+the deadline, but a full one could, the request waits (Defer). When no instance could meet it at
 all — the rule for late requests:
 
 * hard deadline (``submit(hard_deadline=True)`` or ``CoreLimits.hard_deadlines``): TIMEOUT now,
@@ -121,9 +126,29 @@ class SloAwarePolicy(SchedulingPolicy):
         preds = preds or self.ctx.predict_all(rec, room)
         ok = feasible(rec, room, preds, now)
         if ok:
-            reason = f"slo_aware: {len(ok)}/{len(room)} instance(s) meet the deadline"
-            return Placement((ok,), reason, preds)
+            capable = self._capable(rec, room, ok, now)
+            reason = (
+                f"slo_aware: {len(ok)}/{len(room)} instance(s) meet the deadline now, "
+                f"{len(capable)} could when idle"
+            )
+            return Placement((capable,), reason, preds)
         return self._late(rec, cands, preds, now)
+
+    def _capable(
+        self, rec: RequestRecord, room: Instances, ok: list[ExecutionInstance], now: float
+    ) -> Instances:
+        """The instances of ``room`` that would meet the deadlines idle (``ok`` without an
+        idle prediction); they include ``ok``, whose current predictions already do."""
+        fast = {i.instance_id for i in ok}
+        out: list[ExecutionInstance] = []
+        for inst in room:
+            if inst.instance_id in fast:
+                out.append(inst)
+                continue
+            idle = self.ctx.predict_idle(rec, inst)
+            if idle is not None and meets_deadlines(rec, idle, now):
+                out.append(inst)
+        return out
 
     def _hopeless(self, rec: RequestRecord, now: float) -> Verdict | None:
         """O(1) test against the cached best prediction (made when the fleet was no busier
