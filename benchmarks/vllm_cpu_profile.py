@@ -9,11 +9,12 @@ the exact length wanted, so no request hits the prefix cache. Two measurements:
   to first token) and ``vllm:request_prefill_time_seconds`` (scheduled to first token).
 - Decode: B fresh C-token prompts sent as ONE request (``prompt`` is a list of B token-id lists,
   ``ignore_eos``, fixed output length), so all B reach the engine together: as separate HTTP
-  requests they trickle in, since on 2 cores the API server gets little CPU while the engine
-  runs. Per trial, the server's TPOT (``vllm:request_decode_time_seconds``: engine timestamps,
-  last token minus first, per request) and ITL, and the engine steps the trial took (a check that
-  the B requests really ran as one batch). Trials run round-robin over the cases, so a burst of
-  other load on the machine hits all of them.
+  requests they would reach it over several steps, since the front end spends about a decode
+  step (~2 ms) on each request it admits. Per trial, the server's TPOT
+  (``vllm:request_decode_time_seconds``: engine timestamps, last token minus first, per request)
+  and ITL, and the engine steps the trial took (a check that the B requests really ran as one
+  batch). Trials run round-robin over the cases, so a burst of other load on the machine hits all
+  of them.
 
 Usage:
     python benchmarks/vllm_cpu_profile.py [--repeats 9] [--decode-repeats 5] [--out PATH.json]

@@ -5,8 +5,8 @@ queue. Each asks for 1000 tokens of a 16-token prompt with EOS ignored, 1016 of 
 context, so none can end early, and a run of 1000 decode steps takes seconds. As soon as each
 running request has streamed a token (an event, not a sleep), all eight are cancelled. The engine
 must then report nothing running or waiting (``/metrics`` polled with a generous bound), and its
-generation counter must show the requests were cut short: had the aborts not reached it, the
-first four alone would have generated 4000 tokens.
+step counter must show the requests were cut short: had the aborts not reached the engine core,
+it would have run 1000 steps for the first four and 1000 more for the others.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import pytest
 from tests.vllm_support import VllmServer
 from tests.vllm_support.fleet import (
+    ENGINE_STEPS,
     EngineCounters,
     control_plane,
     engine_idle,
@@ -51,9 +52,10 @@ async def test_cancel_aborts_running_and_waiting_requests(
         assert cp.get_instance_metrics("vllm-0")["active_requests"] == 0
 
     await wait_until(lambda: engine_idle(server), timeout_s=120, what="the engine to go idle")
-    generated = (await EngineCounters.scrape(server) - before)["vllm:generation_tokens_total"]
-    print(f"cancel: {REQUESTS} requests cut at {generated:.0f} of {REQUESTS * MAX_TOKENS} tokens")
+    delta = await EngineCounters.scrape(server) - before
+    steps, generated = delta[ENGINE_STEPS], delta["vllm:generation_tokens_total"]
+    print(f"cancel: {REQUESTS} requests cut after {steps:.0f} engine steps, {generated:.0f} tokens")
     assert generated >= RUNNING  # the engine did run them (each streamed a token)
-    # The aborts landed before the running four got half way, so before the waiting four could
-    # take their places.
-    assert generated < RUNNING * MAX_TOKENS / 2, generated
+    # The aborts reached the engine core before the running four got half way, so before the
+    # waiting four could take their places.
+    assert steps < MAX_TOKENS / 2, delta

@@ -31,7 +31,7 @@ from vllm_control_plane import (
 
 from .server import SERVED_MODEL_NAME, VllmServer
 
-# Health checks and scrapes answered late by a starved API server must not eject it: a long
+# Health checks and scrapes answered late on a busy 2-core machine must not eject a server: a long
 # timeout and three strikes. A killed server refuses connections at once, so it still leaves
 # rotation within about 1.5 s.
 PATIENT_MONITOR = MonitorConfig(
@@ -171,6 +171,13 @@ def parse_metrics(text: str) -> dict[str, float]:
             for key in keys:
                 values[key] = values.get(key, 0.0) + sample.value
     return values
+
+
+# Engine steps, counted by vLLM's front end once per batch of outputs its engine core sends --
+# also for requests the front end has already dropped. So unlike `generation_tokens_total`, which
+# only counts tokens of requests the front end still holds, it shows whether an abort reached the
+# engine core: had it not, the steps would go on to the request's last token.
+ENGINE_STEPS = "vllm:iteration_tokens_total_count"
 
 
 async def engine_idle(server: VllmServer) -> bool:

@@ -66,8 +66,8 @@ class ServerConfig(BaseModel):
     """Per-step token budget (default: vLLM's for the GPU)."""
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
     """Share of GPU memory vLLM may use."""
-    block_size: int = Field(16, ge=1)
-    """KV block size in tokens."""
+    block_size: int | None = Field(None, ge=1)
+    """KV block size in tokens (default: the GPU profile's — 16, or 128 for CPU as vLLM-CPU)."""
     enable_prefix_caching: bool = True
     """Automatic prefix caching."""
     num_gpu_blocks_override: int | None = Field(None, ge=1)
