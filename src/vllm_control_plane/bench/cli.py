@@ -166,6 +166,30 @@ def compare_cmd(
         typer.echo(comp.markdown())
         for path in artifacts.write_comparison(comp, out, plots=plots):
             typer.echo(f"wrote {path}")
+    _write_summary(out)
+
+
+def _write_summary(out: Path) -> None:
+    """``summary.md``: the targets checked on every scenario compared into ``out`` so far."""
+    from vllm_control_plane.bench.scenarios import SCENARIOS
+    from vllm_control_plane.bench.targets import load, summary_table
+
+    results = load(out, SCENARIOS)
+    if not results:
+        raise _fail(f"no comparison results (<scenario>.json) in {out}")
+    table = summary_table(results)
+    path = out / "summary.md"
+    path.write_text(table + "\n")
+    typer.echo(table)
+    typer.echo(f"wrote {path}")
+
+
+@bench_app.command("summary")
+def summary_cmd(
+    out: Path = typer.Option(DEFAULT_OUT, help="Directory a `vcp bench compare` wrote."),
+) -> None:
+    """The targets (× best baseline, × round robin) checked on the comparisons in ``--out``."""
+    _write_summary(out)
 
 
 @bench_app.command("live")
