@@ -11,7 +11,8 @@ router balances over both. For every router the script measures:
 * streaming TTFT at 64 concurrent streams: an asyncio client keeps 64 streams open against
   backends that pace their frames ``--itl-ms`` apart and times the first SSE frame (the chat role
   frame, which the stand-in sends at once) and the first frame with generated text (one frame gap
-  later).
+  later). The 64 clients start spread over one answer's duration, so requests arrive steadily;
+  ``--lockstep`` starts them together, and they keep arriving in waves of 64.
 
 ``vcp serve`` runs with its scheduling policy and routing strategy in the path (the defaults,
 ``adaptive`` + ``load_balanced``), health checks and load scraping on. Figures vary with the
@@ -52,6 +53,7 @@ VLLM_ROUTER = Path.home() / ".cache" / "vcp-bench" / "vllm-router-venv" / "bin" 
 BODY = {"model": "bench-model", "messages": [{"role": "user", "content": "hello there"}],
         "max_tokens": 16}  # fmt: skip
 TICK = os.sysconf("SC_CLK_TCK")
+STREAM_FRAMES = 19  # frames of one streamed answer (role, 16 tokens, finish, usage): its length
 
 
 def free_port() -> int:
@@ -224,9 +226,13 @@ def _has_text(line: bytes) -> bool:
 
 
 async def _stream_ttft(
-    urls: list[str], streams: int, seconds: float
+    urls: list[str], streams: int, seconds: float, spread_s: float = 0.0
 ) -> tuple[list[float], list[float]]:
-    """(first SSE frame, first frame with text) in ms, per request, for ``seconds``."""
+    """(first SSE frame, first frame with text) in ms, per request, for ``seconds``.
+
+    Each client sends its next request when the last one ended. ``spread_s`` staggers their
+    first requests over that span (about one request's duration gives steady arrivals, as from
+    independent clients); 0 starts all at once, and they then arrive in waves of ``streams``."""
     body = orjson.dumps({**BODY, "stream": True})
     headers = {"Content-Type": "application/json"}
     first_frame: list[float] = []
@@ -235,7 +241,9 @@ async def _stream_ttft(
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
 
-        async def worker(url: str) -> None:
+        async def worker(i: int) -> None:
+            url = urls[i % len(urls)]
+            await asyncio.sleep(spread_s * i / streams)
             while time.perf_counter() < stop_at:
                 t0 = time.perf_counter()
                 frame = text = None
@@ -251,7 +259,7 @@ async def _stream_ttft(
                     first_frame.append(frame)
                     first_text.append(text)
 
-        await asyncio.gather(*(worker(urls[i % len(urls)]) for i in range(streams)))
+        await asyncio.gather(*(worker(i) for i in range(streams)))
     return first_frame, first_text
 
 
@@ -295,7 +303,8 @@ def run(routers: list[str], args: argparse.Namespace) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="vcp-overhead-") as d:
         tmp = Path(d)
         lua = _lua(tmp)
-        for itl, phase in ((0.0, "unary"), (args.itl_ms, "stream")):
+        phases = [(0.0, "unary"), (args.itl_ms, "stream")]
+        for itl, phase in [p for p in phases if p[1] in args.phases.split(",")]:
             backends = start_backends(tmp, itl)
             with running(backends):
                 procs = {kind: start_router(kind, backends, tmp) for kind in routers}
@@ -334,14 +343,19 @@ def _measure(
         row.add("p99", [p99])
     else:
         asyncio.run(_stream_ttft(urls, 4, 0.5))  # warm up: connections, pools
-        frame, text = asyncio.run(_stream_ttft(urls, args.streams, args.stream_duration))
+        spread = 0.0 if args.lockstep else args.itl_ms * STREAM_FRAMES / 1e3
+        frame, text = asyncio.run(_stream_ttft(urls, args.streams, args.stream_duration, spread))
         row.add("frame", frame)
         row.add("text", text)
+        row.add("frame_p50", [statistics.median(frame)])
+
+
+_PER_ROUND = ("cpu_us", "rps", "p50", "p99")
 
 
 def _summarise(row: Row) -> None:
     """Medians over the rounds for the per-round figures; pooled percentiles for TTFT."""
-    med = {k: statistics.median(v) for k, v in row.samples.items() if k not in ("frame", "text")}
+    med = {k: statistics.median(v) for k, v in row.samples.items() if k in _PER_ROUND}
     row.cpu_us, row.rps = med.get("cpu_us", 0.0), med.get("rps", 0.0)
     row.p50_ms, row.p99_ms = med.get("p50", 0.0), med.get("p99", 0.0)
     if row.samples.get("frame"):
@@ -350,8 +364,14 @@ def _summarise(row: Row) -> None:
         row.streams = len(row.samples["frame"])
 
 
-def _ratio(value: float, reference: float) -> str:
-    return f"{value / reference:.2f}×" if value and reference else "–"
+def _ratio(row: Row, peer: Row | None, key: str) -> str:
+    """Median over the rounds of the round's ratio: each round compares routers measured
+    minutes apart at most, so a drifting machine load cancels out."""
+    if peer is None or (row.router == "direct" and key == "cpu_us"):
+        return "–"
+    pairs = zip(row.samples.get(key, []), peer.samples.get(key, []), strict=True)
+    ratios = [a / b for a, b in pairs if a and b]
+    return f"{statistics.median(ratios):.2f}×" if ratios else "–"
 
 
 def table(rows: list[Row]) -> str:
@@ -360,21 +380,27 @@ def table(rows: list[Row]) -> str:
     head = (
         "| router | CPU µs/request (64 conns) | req/s | added p50 ms | added p99 ms "
         "| TTFT p50 ms (64 streams) | TTFT p99 ms | first text p50 / p99 ms | streams "
-        "| CPU vs vllm-router | TTFT p50 vs vllm-router |"
+        "| CPU vs vllm-router | TTFT p50 vs vllm-router (median of rounds) |"
     )
     lines = [head, "|" + "---|" * 11]
     for r in rows:
-        add50 = r.p50_ms - direct.p50_ms if direct else float("nan")
-        add99 = r.p99_ms - direct.p99_ms if direct else float("nan")
-        cpu = f"{r.cpu_us:.0f}" if r.router != "direct" else "–"
-        lines.append(
-            f"| {r.router} | {cpu} | {r.rps:.0f} | {add50:+.3f} | {add99:+.3f} "
+        unary = _unary_cells(r, direct) if r.samples.get("p50") else "| – | – | – | – "
+        stream = (
             f"| {r.ttft_p50_ms:.2f} | {r.ttft_p99_ms:.2f} "
             f"| {r.text_p50_ms:.2f} / {r.text_p99_ms:.2f} | {r.streams} "
-            f"| {_ratio(r.cpu_us, peer.cpu_us if peer else 0)} "
-            f"| {_ratio(r.ttft_p50_ms, peer.ttft_p50_ms if peer else 0)} |"
+            if r.streams
+            else "| – | – | – | – "
         )
+        ratios = f"| {_ratio(r, peer, 'cpu_us')} | {_ratio(r, peer, 'frame_p50')} |"
+        lines.append(f"| {r.router} {unary}{stream}{ratios}")
     return "\n".join(lines)
+
+
+def _unary_cells(r: Row, direct: Row | None) -> str:
+    add50 = r.p50_ms - direct.p50_ms if direct else float("nan")
+    add99 = r.p99_ms - direct.p99_ms if direct else float("nan")
+    cpu = f"{r.cpu_us:.0f}" if r.router != "direct" else "–"
+    return f"| {cpu} | {r.rps:.0f} | {add50:+.3f} | {add99:+.3f} "
 
 
 BEGIN, END = "<!-- gateway-overhead:begin -->", "<!-- gateway-overhead:end -->"
@@ -399,6 +425,11 @@ def main() -> None:
     ap.add_argument("--streams", type=int, default=64)
     ap.add_argument("--stream-duration", type=float, default=8.0)
     ap.add_argument("--itl-ms", type=float, default=20.0, help="frame gap of streaming backends")
+    ap.add_argument("--phases", default="unary,stream",
+                    help="unary (CPU, added latency), stream (TTFT), or both")  # fmt: skip
+    ap.add_argument("--lockstep", action="store_true",
+                    help="start all streams at once (they then arrive in waves) instead of "
+                    "spreading their starts over one answer's duration")  # fmt: skip
     ap.add_argument("--rounds", type=int, default=3,
                     help="interleaved rounds over all routers (samples pooled)")  # fmt: skip
     ap.add_argument("--write-docs", action="store_true",

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Router overhead benchmark: installs what it compares against, then runs all routers side by side.
-#   bash benchmarks/gateway_overhead.sh [--duration 10] [--write-docs]
+#   bash benchmarks/gateway_overhead.sh [--rounds 3] [--duration 6] [--write-docs]  (see --help)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -87,6 +87,34 @@ async def test_openai_streaming_usage_only_when_asked(start_gateway) -> None:
         assert comp_chunks[-1].usage is not None and comp_chunks[-1].usage.completion_tokens <= 5
 
 
+async def test_completions_take_a_prompt_of_token_ids(start_gateway, http) -> None:
+    """vLLM's /v1/completions takes token ids (or a batch of one); they reach the engine as
+    they are and the control plane counts them exactly. Batches of several are a clear 400."""
+    gw = await start_gateway()
+    ids = list(range(100, 140))
+    async with _async_client(gw.url) as client:
+        text = await client.completions.create(
+            model="llama-3-8b", prompt=ids, max_tokens=4, extra_headers={"X-Request-Id": "ids-1"}
+        )
+        stream = await client.completions.create(
+            model="llama-3-8b", prompt=[ids], max_tokens=4, stream=True,
+            stream_options={"include_usage": True},
+        )  # fmt: skip
+        chunks = [c async for c in stream]
+    assert text.choices[0].text and text.usage.prompt_tokens == len(ids)
+    assert gw.gateway.cp.core.record("ids-1").prompt_tokens == len(ids)
+    assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens == len(ids)
+    for batch in ([[1, 2], [3, 4]], ["one", "two"]):
+        status, _, payload = await _post(
+            http, gw.url + "/v1/completions", {"model": "llama-3-8b", "prompt": batch}
+        )
+        assert status == 400 and payload["error"]["param"] == "prompt"
+    status, _, payload = await _post(
+        http, gw.url + "/v1/completions", {"model": "llama-3-8b", "prompt": [1, -2]}
+    )
+    assert status == 400 and payload["error"]["param"] == "prompt"
+
+
 class _Tap:
     """A transparent HTTP proxy in front of an engine that records every response body."""
 

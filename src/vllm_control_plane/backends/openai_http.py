@@ -75,7 +75,7 @@ def build_request_body(instance: ExecutionInstance, request: RequestMetadata) ->
         path = "/v1/completions"
         if request.prompt is not None:
             body["prompt"] = request.prompt
-        else:
+        elif "prompt" not in body:  # (an explicit extra_body prompt, e.g. token ids, is kept)
             n = request.prompt_tokens or DEFAULT_PROMPT_TOKENS
             body["prompt"] = synthetic_prompt_ids(request.request_id, n)
     optional = {

@@ -186,13 +186,6 @@ class Gateway:
     def _registered(self, instance_id: str) -> bool:
         return any(i.instance_id == instance_id for i in self.cp.get_instances())
 
-    def drain_instance(self, instance_id: str) -> list[str]:
-        """Stop dispatching to the instance but keep it registered (resume undoes it)."""
-        return list(self.cp.core.drain_instance(instance_id))
-
-    def resume_instance(self, instance_id: str) -> None:
-        self.cp.core.resume_instance(instance_id)
-
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` in the background; :meth:`stop` cancels what is left."""
         task = asyncio.get_running_loop().create_task(coro)
