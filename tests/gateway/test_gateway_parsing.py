@@ -50,11 +50,40 @@ def test_tenant_defaults_and_caps() -> None:
     assert req.meta.tenant == "t"
 
 
+@pytest.mark.parametrize("prompt", [[5, 0, 7], [[5, 0, 7]]])
+def test_token_id_prompt_is_carried_explicitly(prompt: list) -> None:
+    """Token ids (alone or as a batch of one) are counted by length and reach the engine as the
+    body's ``prompt``; the request carries no text."""
+    req = parse_request({"prompt": prompt, "max_tokens": 2}, {}, chat=False)
+    assert req.prompt_token_ids == [5, 0, 7]
+    assert req.meta.prompt is None and req.meta.prompt_tokens == 3
+    assert req.meta.extra_body == {"prompt": [5, 0, 7], "max_tokens": 2}
+
+
+def test_text_prompt_has_no_token_ids() -> None:
+    req = parse_request({"prompt": ["one"]}, {}, chat=False)
+    assert req.meta.prompt == "one" and req.prompt_token_ids is None
+    assert req.meta.prompt_tokens is None and "prompt" not in req.meta.extra_body
+
+
+def test_batched_prompts_name_the_limit() -> None:
+    with pytest.raises(GatewayError, match="Batched prompts"):
+        parse_request({"prompt": [[1], [2]]}, {}, chat=False)
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [
-        ({"prompt": [1, 2, 3]}, "prompt"),
         ({"prompt": None}, "prompt"),
+        ({"prompt": []}, "prompt"),
+        ({"prompt": [[]]}, "prompt"),
+        ({"prompt": [1, -2]}, "prompt"),
+        ({"prompt": [1, True]}, "prompt"),
+        ({"prompt": [1.0, 2]}, "prompt"),
+        ({"prompt": [[1, 2], [3]]}, "prompt"),
+        ({"prompt": ["one", "two"]}, "prompt"),
+        ({"prompt": [["one"]]}, "prompt"),
+        ({"prompt": {"ids": [1]}}, "prompt"),
         ({"prompt": "x", "stream_options": {"include_usage": True}}, "stream"),
         ({"prompt": "x", "stream": True, "stream_options": {"include_usage": 1}},
          "stream_options"),

@@ -39,7 +39,7 @@ from vllm_control_plane.gateway.parsing import ClientRequest, load_body, parse_r
 from vllm_control_plane.gateway.passthrough import frame_head
 from vllm_control_plane.gateway.service import Gateway
 from vllm_control_plane.runtime.handles import RequestHandle, RequestResult
-from vllm_control_plane.types import RequestMetadata, RequestStatus
+from vllm_control_plane.types import RequestStatus
 
 GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
 _DONE = b"data: [DONE]\n\n"
@@ -131,48 +131,14 @@ def _admit(gw: Gateway, headers: Any, raw: bytes, chat: bool) -> ClientRequest:
     if not gw.accepting:
         raise GatewayError(503, "The gateway is shutting down.", "shutting_down")
     tenant = gw.auth.tenant(headers)
-    body = load_body(raw)
-    token_ids = None if chat else _take_token_prompt(body)
     try:
-        creq = parse_request(body, headers, chat, tenant)
+        creq = parse_request(load_body(raw), headers, chat, tenant)
     except ValueError as e:  # RequestMetadata's own checks
         raise bad_request(str(e)) from None
-    if token_ids is not None:
-        _use_token_prompt(creq.meta, token_ids)
     creq.meta.model_name = gw.resolve_model(creq.model)
     gw.check_serving(creq.meta.model_name)
     gw.auth.acquire(tenant)  # last: nothing may refuse after this counts the request in
     return creq
-
-
-def _take_token_prompt(body: dict[str, Any]) -> list[int] | None:
-    """A ``/v1/completions`` prompt given as token ids, as vLLM accepts it (``[1, 2, 3]``, or a
-    batch of one, ``[[1, 2, 3]]``), taken out of ``body``; None for a text prompt.
-
-    The ids go to the engine as they are. ``parse_request`` checks text prompts only, so it sees
-    an empty placeholder instead. Batches of several prompts are refused: one control-plane
-    request is one generation (scheduled, routed and counted on its own)."""
-    prompt = body.get("prompt")
-    if not isinstance(prompt, list) or (len(prompt) == 1 and isinstance(prompt[0], str)):
-        return None  # text (or a batch of one text): parse_request checks it
-    if len(prompt) == 1 and isinstance(prompt[0], list):
-        prompt = prompt[0]
-    elif len(prompt) > 1 and all(isinstance(p, str | list) for p in prompt):
-        raise bad_request("Batched prompts (several prompts in one request) are not supported: "
-                          "send one request per prompt.", "prompt")  # fmt: skip
-    if not prompt or not all(type(t) is int and t >= 0 for t in prompt):
-        raise bad_request("`prompt` must be a string or a non-empty list of token ids "
-                          "(integers >= 0).", "prompt")  # fmt: skip
-    body["prompt"] = ""
-    return prompt
-
-
-def _use_token_prompt(meta: RequestMetadata, token_ids: list[int]) -> None:
-    """The request carries no text; its length is known exactly and the ids reach the engine
-    through ``extra_body`` (the HTTP backend sends an explicit ``prompt`` there unchanged)."""
-    meta.prompt = None
-    meta.prompt_tokens = len(token_ids)
-    meta.extra_body["prompt"] = token_ids
 
 
 async def _unary(gw: Gateway, creq: ClientRequest, handle: RequestHandle) -> web.Response:

@@ -9,7 +9,7 @@ shapes. The models here document the wire format only; the hot path validates by
 from __future__ import annotations
 
 import functools
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -31,6 +31,11 @@ class ChatMessage(_Open):
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
+
+
+_TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+_T = TypeVar("_T")
+_One = Annotated[list[_T], Field(min_length=1, max_length=1)]  # a batch of one prompt
 
 
 class _Sampling(_Open):
@@ -56,7 +61,10 @@ class ChatCompletionRequest(_Sampling):
 class CompletionRequest(_Sampling):
     """OpenAI completions request; unknown fields are passed to the engine unchanged."""
 
-    prompt: str | list[str] = Field(description="A string (or a list holding one string).")
+    prompt: str | _One[str] | _TokenIds | _One[_TokenIds] = Field(
+        description='Text or token ids, alone or as a batch of one (`["..."]`, `[[1, 2]]`); '
+        "batches of several prompts are refused (one request is one generation)."
+    )
 
 
 class ErrorBody(BaseModel):

@@ -2,7 +2,10 @@
 
 This runs for every request, so it avoids pydantic: it checks only the fields the control plane
 reads (model, messages / prompt, ``max_tokens``, ``n``, ``stream``, ``stream_options``, ``user``)
-and the metadata headers, each failing with a clear 400 naming the parameter. Everything else in
+and the metadata headers, each failing with a clear 400 naming the parameter. A completions
+``prompt`` is text or token ids, as vLLM takes it; token ids are counted exactly (no tokenizer)
+and reach the engine as the body's ``prompt`` through ``extra_body``, the backend's channel for
+an explicit engine prompt. Everything else in
 the body is passed to the engine untouched (``extra_body``), where vLLM validates it and its 400
 comes back to the client verbatim.
 
@@ -33,6 +36,7 @@ from vllm_control_plane.types import ParallelismType, RequestMetadata, RequestPr
 # Body keys the gateway consumes itself; the rest goes to the engine as ``extra_body``.
 _CONSUMED = frozenset({"model", "messages", "prompt", "stream", "stream_options"})
 _MAX_ID_LEN = 256
+_PROMPT_SHAPE = "`prompt` must be a string or a non-empty list of token ids (integers >= 0)."
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +60,7 @@ class ClientRequest:
     model: str | None  # as the client named it (None: the fleet's default)
     client_id: str = ""  # the request id as the client knows it (echoed in X-Request-Id)
     hard_deadline: bool | None = None  # X-Hard-Deadline (None: the config's default)
+    prompt_token_ids: list[int] | None = None  # a completions prompt given as token ids
 
 
 def load_body(raw: bytes) -> dict[str, Any]:
@@ -85,6 +90,9 @@ def parse_request(
     max_tokens = _max_tokens(body)
     extra = {k: v for k, v in body.items() if k not in _CONSUMED}
     messages, prompt = (_messages(body), None) if chat else (None, _prompt(body))
+    token_ids = prompt if isinstance(prompt, list) else None
+    if token_ids is not None:
+        extra["prompt"] = token_ids  # the engine gets the ids as they are
     priority = _priority(headers, tenant)
     client_id = request_id_from(headers)
     deadline_ms = _positive(headers, "X-SLO-Deadline-Ms")
@@ -101,14 +109,15 @@ def parse_request(
         max_tokens=max_tokens,
         model_name=model,
         messages=messages,
-        prompt=prompt,
+        prompt=prompt if isinstance(prompt, str) else None,
+        prompt_tokens=len(token_ids) if token_ids is not None else None,
         stream=stream,
         session_id=headers.get("X-Session-Id") or None,
         tenant=tenant.name if tenant is not None else None,
         ignore_eos=extra.pop("ignore_eos", False) is True,
         extra_body=extra,
     )
-    return ClientRequest(meta, chat, stream, include_usage, model, client_id, hard)
+    return ClientRequest(meta, chat, stream, include_usage, model, client_id, hard, token_ids)
 
 
 def request_id_from(headers: Mapping[str, str]) -> str:
@@ -200,17 +209,25 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     return messages
 
 
-def _prompt(body: dict[str, Any]) -> str:
+def _prompt(body: dict[str, Any]) -> str | list[int]:
+    """A completions prompt: text or token ids, alone or as a batch of one (``["..."]``,
+    ``[[1, 2, 3]]``). Batches of several are refused: one control-plane request is one generation,
+    scheduled, routed and counted on its own."""
     prompt = body.get("prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
         prompt = prompt[0]
     if isinstance(prompt, str):
         return prompt
     if prompt is None:
         raise bad_request("`prompt` is required.", "prompt")
-    raise bad_request(
-        "`prompt` must be a string (token-id and batched prompts are not supported).", "prompt"
-    )
+    if not isinstance(prompt, list) or not prompt:
+        raise bad_request(_PROMPT_SHAPE, "prompt")
+    if all(type(t) is int and t >= 0 for t in prompt):
+        return prompt
+    if len(prompt) > 1 and all(isinstance(p, str | list) for p in prompt):
+        raise bad_request("Batched prompts (several prompts in one request) are not supported: "
+                          "send one request per prompt.", "prompt")  # fmt: skip
+    raise bad_request(_PROMPT_SHAPE, "prompt")
 
 
 # ---------------------------------------------------------------- headers

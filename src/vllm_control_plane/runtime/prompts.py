@@ -4,6 +4,10 @@ Counting uses the offline cl100k tokenizer (the engine's own tokenizer may diffe
 cent; the count only feeds estimates and routing, never the engine). Block hashes are chained over
 16-token blocks, the same scheme the simulator's prefix cache uses, so the locality router's
 index agrees with what the engines can reuse.
+
+A prompt given as token ids (``extra_body["prompt"]``, which the HTTP backend sends to the engine
+as it is; the gateway puts a ``/v1/completions`` token-id prompt there) needs no tokenizer: its
+count is its length and its blocks are hashed from the ids themselves, as the engine caches them.
 """
 
 from __future__ import annotations
@@ -32,7 +36,18 @@ def prepare_prompt(request: RequestMetadata) -> PreparedPrompt:
     elif request.prompt is not None:
         text = request.prompt
         ids = tokenizer.encode(text, add_bos=True)
+    elif (token_ids := token_prompt(request)) is not None:
+        # No BOS added: vLLM takes a token-id prompt as it is.
+        return PreparedPrompt(len(token_ids), "", hash_token_blocks(token_ids, BLOCK_SIZE))
     else:
         return PreparedPrompt(request.prompt_tokens or DEFAULT_PROMPT_TOKENS, "", ())
     count = request.prompt_tokens or len(ids)
     return PreparedPrompt(count, text, hash_token_blocks(ids, BLOCK_SIZE))
+
+
+def token_prompt(request: RequestMetadata) -> list[int] | None:
+    """The engine prompt as token ids, when the request gives one explicitly (else None)."""
+    ids = request.extra_body.get("prompt")
+    if isinstance(ids, list) and ids and all(type(t) is int for t in ids):
+        return ids
+    return None
