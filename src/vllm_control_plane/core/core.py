@@ -778,7 +778,9 @@ class ControlCore:
         inst = self._fleet.lookup(rec.instance_id)
         if inst is None:
             return
-        changed = self._concurrency.observe(
+        # predictions do not depend on the limit: nothing to re-stamp; parked elastic requests
+        # are woken by the completions that free slots
+        self._concurrency.observe(
             inst.instance_id,
             tpot_ms,
             slo,
@@ -787,8 +789,6 @@ class ControlCore:
             dispatched_at=rec.scheduled_at if rec.scheduled_at is not None else now,
             now=now,
         )
-        if changed:
-            self._fleet.touch(inst.instance_id)
 
     def concurrency_limit(self, instance_id: str) -> int:
         """Requests of elastic SLO the instance may run now (see core/concurrency.py): its
