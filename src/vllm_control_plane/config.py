@@ -160,8 +160,9 @@ class InstanceConfig(_Strict):
     gpu_memory_gb: float = Field(80.0, gt=0)
     gpu_type: str | None = None
     """E.g. ``H100``, ``A100-80G``, ``L4`` (prices and the performance model use it)."""
-    max_concurrent_requests: int = Field(100, ge=1)
-    """Requests dispatched to this instance at once; more wait in the control plane's queue."""
+    max_concurrent_requests: int = Field(256, ge=1)
+    """Requests dispatched to this instance at once; more wait in the control plane's queue
+    (default: vLLM's own ``max_num_seqs`` on GPUs)."""
     cost_per_gpu_hour: float | None = Field(None, ge=0)
     """USD per GPU-hour; default from ``prices`` (then the built-in price of ``gpu_type``)."""
     weight: float | None = Field(None, gt=0)
@@ -217,7 +218,7 @@ class SimulatedInstanceConfig(ServerConfig):
 
     time_scale: float | None = Field(1.0, ge=0.0)
     """Wall seconds per model second (1 = real time)."""
-    max_concurrent_requests: int = Field(100, ge=1)
+    max_concurrent_requests: int = Field(256, ge=1)
     cost_per_gpu_hour: float | None = Field(None, ge=0)
     weight: float | None = Field(None, gt=0)
     labels: dict[str, str] = Field(default_factory=dict)
@@ -440,8 +441,9 @@ class ControlPlaneConfig(_Strict):
     admin: AdminSettings = Field(default_factory=AdminSettings)
     scheduling_policy: str = "adaptive"
     """fifo, priority, slo_aware, cost_optimized or adaptive."""
-    routing_strategy: str = "load_balanced"
-    """Any registered strategy (load_balanced, round_robin, locality, …)."""
+    routing_strategy: str = "predictive"
+    """Any registered strategy (predictive, load_balanced, round_robin, locality, …); the
+    default is the benchmark's winner (docs/benchmarks.md, "Policy benchmark")."""
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)

@@ -95,7 +95,7 @@ class ExecutionInstance:
     gpu_count: int = 1
     gpu_memory_gb: float = 80.0
     gpu_type: str | None = None  # e.g. "H100", "A100-80G", "L4"; None: inferred from memory
-    max_concurrent_requests: int = 100
+    max_concurrent_requests: int = 256  # vLLM's default max_num_seqs on GPUs
     cost_per_gpu_hour: float | None = None  # None: the default price of gpu_type
     weight: float | None = None  # weighted round robin; None: derived from capacity
     scheme: str = "http"

@@ -67,7 +67,7 @@ async def test_metrics_match_the_requests_sent(start_gateway, http) -> None:
     assert _total(samples, "vcp_instance_in_flight") == 0
     assert _total(samples, "vcp_in_flight_requests") == 0
     info = samples["vcp_scheduling_info"][0][0]
-    assert info["policy"] == "adaptive" and info["strategy"] == "load_balanced"
+    assert info["policy"] == "adaptive" and info["strategy"] == "predictive"
 
 
 async def test_metrics_show_unhealthy_instance(start_gateway, http) -> None:
