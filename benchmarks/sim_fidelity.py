@@ -205,11 +205,11 @@ ENGINE_COLUMNS = (
 )
 
 
-def table_head(columns: tuple[tuple[str, str, str], ...], extra: str = "") -> str:
+def table_head(columns: tuple[tuple[str, str, str], ...], extra: tuple[str, ...] = ()) -> str:
     heads = ["prompt", "conc."]
     for name, _, _ in columns:
         heads += [f"{name} real", f"{name} sim", "Δ"]
-    heads += [extra] if extra else []
+    heads += extra
     return "| " + " | ".join(heads) + " |\n|" + "---:|" * len(heads)
 
 
@@ -218,8 +218,9 @@ def format_row(row: dict[str, Any], columns: tuple[tuple[str, str, str], ...]) -
     cells = [str(int(r["prompt_tokens"])), str(int(r["concurrency"]))]
     for _, key, fmt in columns:
         cells += [format(r[key], fmt), format(s[key], fmt), ratio(s[key], r[key])]
-    if columns is ENGINE_COLUMNS:  # what vLLM's front end adds before its engine sees a request
-        cells.append(format(r["server_ttft_ms_mean"] - r["engine_ttft_ms_mean"], ".1f"))
+    if columns is ENGINE_COLUMNS:  # what the front end adds before the engine sees a request
+        for side in (r, s):
+            cells.append(format(side["server_ttft_ms_mean"] - side["engine_ttft_ms_mean"], ".1f"))
     return "| " + " | ".join(cells) + " |"
 
 
@@ -227,7 +228,7 @@ def print_tables(rows: list[dict[str, Any]]) -> None:
     print(table_head(CLIENT_COLUMNS))
     for row in rows:
         print(format_row(row, CLIENT_COLUMNS))
-    print(table_head(ENGINE_COLUMNS, "vLLM front end ms"))
+    print(table_head(ENGINE_COLUMNS, ("front end ms real", "front end ms sim")))
     for row in rows:
         print(format_row(row, ENGINE_COLUMNS))
 

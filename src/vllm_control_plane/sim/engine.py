@@ -197,7 +197,7 @@ class SimEngine:
     # -- requests ----------------------------------------------------------------------------
     def add_request(self, req: EngineRequest, now: float) -> None:
         """Queue ``req`` (FCFS); raise :class:`EngineInputError` if it can never run."""
-        self._validate_request(req)
+        self.validate_request(req)
         spec = self._spec
         target, reason = target_length(
             req, seed=spec.seed, mean=spec.mean_output_tokens, max_model_len=self._max_model_len
@@ -206,7 +206,9 @@ class SimEngine:
         self._live[req.request_id] = seq
         self._waiting.append(seq)
 
-    def _validate_request(self, req: EngineRequest) -> None:
+    def validate_request(self, req: EngineRequest) -> None:
+        """Raise :class:`EngineInputError` if ``req`` could never run (checked before any state
+        changes, so a front end can refuse it before handing it over)."""
         if req.request_id in self._live:
             raise EngineInputError(f"Request id {req.request_id} already running.")
         if req.prompt_tokens < 1:

@@ -168,9 +168,27 @@ class SimMetrics:
             "Histogram of time spent in WAITING phase for request.",
             REQUEST_LATENCY_BUCKETS,
         )
+        # vLLM's phase histograms: scheduled -> first token, first -> last token, scheduled ->
+        # last token. A client can tell the engine's share of a TTFT from the front end's.
+        self.prefill_time = LatencyHistogram(
+            "vllm:request_prefill_time_seconds",
+            "Histogram of time spent in PREFILL phase for request.",
+            REQUEST_LATENCY_BUCKETS,
+        )
+        self.decode_time = LatencyHistogram(
+            "vllm:request_decode_time_seconds",
+            "Histogram of time spent in DECODE phase for request.",
+            REQUEST_LATENCY_BUCKETS,
+        )
+        self.inference_time = LatencyHistogram(
+            "vllm:request_inference_time_seconds",
+            "Histogram of time spent in RUNNING phase for request.",
+            REQUEST_LATENCY_BUCKETS,
+        )
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_EngineCollector(stats, model_name, legacy))
-        hists = [self.ttft, self.itl, self.e2e, self.queue_time]
+        hists = [self.ttft, self.itl, self.e2e, self.queue_time, self.prefill_time,
+                 self.decode_time, self.inference_time]  # fmt: skip
         self.registry.register(_HistogramCollector(hists, model_name))
 
     def render(self) -> bytes:
