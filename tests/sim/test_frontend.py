@@ -27,6 +27,12 @@ def test_handoffs_queue_in_arrival_order_and_idle_time_is_not_banked() -> None:
     assert fe.handoff_time(5.0, 0) == pytest.approx(5.002)
 
 
+def test_requests_in_flight_slow_the_front_end_down() -> None:
+    fe = FrontEndModel(per_request_s=0.002, per_active_s=0.0002)
+    assert fe.handoff_time(1.0, 64, in_flight=0) == pytest.approx(1.002)
+    assert fe.handoff_time(2.0, 64, in_flight=10) == pytest.approx(2.004)
+
+
 def test_disabled_front_end_hands_over_at_once() -> None:
     assert FrontEndModel().handoff_time(3.0, 10_000) == 3.0
     with pytest.raises(ValueError, match=">= 0"):
@@ -35,8 +41,9 @@ def test_disabled_front_end_hands_over_at_once() -> None:
 
 def test_cpu_profile_models_a_front_end_and_gpus_do_not() -> None:
     cpu = get_gpu("CPU")
-    assert cpu.t_frontend > 0 and cpu.t_frontend_token > 0
-    assert get_gpu("H100").t_frontend == 0 == get_gpu("H100").t_frontend_token
+    assert cpu.t_frontend > 0 and cpu.t_frontend_token > 0 and cpu.t_frontend_active > 0
+    h100 = get_gpu("H100")
+    assert h100.t_frontend == h100.t_frontend_token == h100.t_frontend_active == 0
 
 
 async def _histogram_sums(srv: SimServer) -> dict[str, float]:
@@ -84,8 +91,14 @@ async def test_client_leaving_inside_the_front_end_leaves_the_engine_untouched(
         srv.service.frontend = FrontEndModel(per_request_s=600.0)  # 12 s of wall time
         async with aiohttp.ClientSession() as s:
             body = {"model": "llama-3-8b", "prompt": "hello", "max_tokens": 4, "stream": True}
-            task = asyncio.create_task(s.post(srv.url + "/v1/completions", json=body))
+
+            async def read_all() -> bytes:
+                async with s.post(srv.url + "/v1/completions", json=body) as r:
+                    return await r.read()
+
+            task = asyncio.create_task(read_all())
             await wait_until(lambda: srv.service.num_active == 1, what="request in front end")
+            assert not srv.engine.has_unfinished()  # not handed to the engine yet
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task

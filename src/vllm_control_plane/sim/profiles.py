@@ -46,6 +46,7 @@ class GPUProfile:
     # request and per prompt token. 0 on GPUs (noise next to their step times); ~2 ms on the CPU.
     t_frontend: float = 0.0
     t_frontend_token: float = 0.0
+    t_frontend_active: float = 0.0  # per request already in flight (its outputs to stream)
     eta_mem: float = 0.8  # achievable share of mem_bw
     eta_compute: float = 0.6  # achievable share of flops (MFU of large GEMMs)
     link_bw: float = 450e9  # per-device interconnect bytes/s (NVLink: one direction)
@@ -67,10 +68,10 @@ class GPUProfile:
             raise ValueError("GPUProfile.default_block_size must be >= 1")
         if not (0 < self.eta_mem <= 1 and 0 < self.eta_compute <= 1):
             raise ValueError("efficiency factors must be in (0, 1]")
-        if min(self.t0, self.t_seq, self.t_prefill, self.t_frontend, self.t_frontend_token) < 0:
-            raise ValueError(
-                "GPUProfile.t0, t_seq, t_prefill, t_frontend and t_frontend_token must be >= 0"
-            )
+        overheads = (self.t0, self.t_seq, self.t_prefill, self.t_frontend,
+                     self.t_frontend_token, self.t_frontend_active)  # fmt: skip
+        if min(overheads) < 0:
+            raise ValueError("GPUProfile.t0, t_seq, t_prefill and t_frontend* must be >= 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,11 +250,11 @@ register_gpu(
 # and t0 / t_seq / t_prefill the overheads, all fitted to real step times of the tiny model by
 # `python benchmarks/sim_fidelity.py fit` (from benchmarks/results/vllm_cpu_profile.json; every
 # measured prefill time and TPOT within 6 %; docs/benchmarks.md). Other models on a CPU are an
-# extrapolation. t_frontend / t_frontend_token: vLLM's API server before the engine core sees a
-# request (its TTFT histogram minus queue and prefill time at concurrency 1: 2.0 ms at 64 prompt
-# tokens, 2.7 ms at 768; benchmarks/sim_fidelity.py). KV space: VLLM_CPU_KVCACHE_SPACE's
-# default, 4 GiB. vLLM uses 128-token KV blocks on the CPU (so prefix-cache hits come in
-# 128-token steps) and max_num_seqs defaults to 128 there.
+# extrapolation. t_frontend*: vLLM's API server before the engine core sees a request (its
+# TTFT histogram minus queue and prefill time: 2.0 ms at 64 prompt tokens and 2.7 ms at 768 at
+# concurrency 1, 4.1-4.2 ms at concurrency 8; benchmarks/sim_fidelity.py). KV space:
+# VLLM_CPU_KVCACHE_SPACE's default, 4 GiB. vLLM uses 128-token KV blocks on the CPU (so
+# prefix-cache hits come in 128-token steps) and max_num_seqs defaults to 128 there.
 register_gpu(
     GPUProfile(
         "CPU",
@@ -265,6 +266,7 @@ register_gpu(
         t_prefill=2.48e-3,
         t_frontend=1.94e-3,
         t_frontend_token=1.0e-6,
+        t_frontend_active=0.2e-3,
         eta_mem=1.0,
         eta_compute=1.0,
         link_bw=10e9,

@@ -135,7 +135,7 @@ class SimService:
         self.prompt_tokens_details = enable_prompt_tokens_details
         if frontend is None:
             gpu = get_gpu(engine.spec.gpu)
-            frontend = FrontEndModel(gpu.t_frontend, gpu.t_frontend_token)
+            frontend = FrontEndModel(gpu.t_frontend, gpu.t_frontend_token, gpu.t_frontend_active)
         self.frontend = frontend
         self.on_restart = on_restart
         self.connections: Callable[[], list[Any]] = list
@@ -270,7 +270,7 @@ class SimService:
         if self.runner.error is not None:
             raise api.ApiError("The simulated engine has failed.", 500, "InternalServerError")
         now = self.runner.now()
-        handoff = self.frontend.handoff_time(now, len(req.prompt_ids))
+        handoff = self.frontend.handoff_time(now, len(req.prompt_ids), len(self._active))
         engine_req = EngineRequest(
             request_id=req.request_id,
             prompt_tokens=len(req.prompt_ids),
