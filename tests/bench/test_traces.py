@@ -103,11 +103,14 @@ def test_azure_malformed_line_names_file_and_line(tmp_path: Path, line: str, why
 def test_mooncake_malformed_line_names_file_and_line(tmp_path: Path, line: str, why: str) -> None:
     good = '{"timestamp": 1000, "input_length": 10, "output_length": 1, "hash_ids": [0]}'
     path = write(tmp_path, "bad.jsonl", f"{good}\n\n{line}\n")
-    it = iter_trace(path)
+    it = iter_trace(path, sort=False)  # streamed: the good line comes out first
     assert next(it) == TraceRecord(0.0, 10, 1, (0,))
     with pytest.raises(TraceFormatError, match=why) as err:
         next(it)
     assert err.value.line == 3 and f"{path}:3:" in str(err.value)
+    with pytest.raises(TraceFormatError, match=why) as err:  # sorted: before any record
+        load_trace(path)
+    assert err.value.line == 3
 
 
 def test_unknown_or_empty_files_are_rejected(tmp_path: Path) -> None:
@@ -118,3 +121,70 @@ def test_unknown_or_empty_files_are_rejected(tmp_path: Path) -> None:
     with pytest.raises(TraceFormatError, match="header") as err:
         load_trace(write(tmp_path, "h.csv", "TIMESTAMP,Foo\n"), fmt="azure")
     assert err.value.line == 1
+
+
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path: Path) -> None:
+    azure = tmp_path / "bom.csv"
+    azure.write_bytes(
+        "\ufeffTIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.5,10,2\n".encode()
+    )
+    mooncake = tmp_path / "bom.jsonl"
+    mooncake.write_bytes(
+        '\ufeff{"timestamp": 0, "input_length": 10, "output_length": 1}\n'.encode()
+    )
+    assert detect_format(azure) == "azure" and detect_format(mooncake) == "mooncake"
+    assert load_trace(azure) == [TraceRecord(0.0, 10, 2)]
+    assert load_trace(mooncake) == [TraceRecord(0.0, 10, 1)]
+
+
+def test_azure_iso_timestamps_with_zones(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "tz.csv",
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+        "2023-11-16T18:15:46.6805900+00:00,10,1\n"
+        "2023-11-16 18:15:47.6805900Z,10,1\n"
+        "2023-11-16T20:15:48.1805900+02:00,10,1\n"  # 18:15:48.18 UTC
+        "2023-11-16T12:45:49.1805900-0530,10,1\n"  # 18:15:49.18 UTC
+        "2023-11-16 18:15:50,10,1\n",  # no zone: UTC
+    )
+    times = [r.arrival_s for r in load_trace(path)]
+    assert times == pytest.approx([0.0, 1.0, 1.5, 2.5, 3.3194100], abs=1e-9)
+
+
+def test_unsorted_files_are_sorted_or_rejected_never_negative(tmp_path: Path) -> None:
+    azure = write(
+        tmp_path,
+        "u.csv",
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+        "2023-11-16 18:15:50,30,3\n"
+        "2023-11-16 18:15:46,10,1\n"
+        "2023-11-16 18:15:48,20,2\n",
+    )
+    records = load_trace(azure)
+    assert [(r.arrival_s, r.prompt_tokens) for r in records] == [(0.0, 10), (2.0, 20), (4.0, 30)]
+    assert load_trace(azure, limit=1) == [TraceRecord(0.0, 10, 1)]  # the earliest, not line 2
+    with pytest.raises(TraceFormatError, match="not sorted") as err:
+        list(iter_trace(azure, sort=False))
+    assert err.value.line == 3 and "line 2" in str(err.value)
+    mooncake = write(
+        tmp_path,
+        "u.jsonl",
+        '{"timestamp": 3000, "input_length": 30, "output_length": 1}\n'
+        '{"timestamp": 1000, "input_length": 10, "output_length": 1}\n'
+        '{"timestamp": 1000, "input_length": 11, "output_length": 1}\n',
+    )
+    records = load_trace(mooncake)
+    assert [(r.arrival_s, r.prompt_tokens) for r in records] == [(0.0, 10), (0.0, 11), (2.0, 30)]
+    assert all(r.arrival_s >= 0 for r in records)
+    with pytest.raises(TraceFormatError, match="not sorted") as err:
+        list(iter_trace(mooncake, sort=False))
+    assert err.value.line == 2
+
+
+def test_azure_bad_dates_and_zones_name_the_line(tmp_path: Path) -> None:
+    for bad in ("2023-13-16 18:15:46", "2023-11-16 18:15:46+2", "2023-11-16 18:15:46.5 UTC"):
+        path = write(tmp_path, "z.csv", f"TIMESTAMP,ContextTokens,GeneratedTokens\n{bad},1,1\n")
+        with pytest.raises(TraceFormatError) as err:
+            load_trace(path)
+        assert err.value.line == 2 and f"{path}:2:" in str(err.value), bad

@@ -1,15 +1,18 @@
 """Readers for production request traces (Azure LLM 2023 CSV, Mooncake JSONL).
 
-How it works: each reader streams a file line by line and yields :class:`TraceRecord` with the
-arrival time in seconds relative to the trace's first record, the prompt and output lengths
-and (Mooncake) the prefix-block ids. A malformed line raises :class:`TraceFormatError` naming
-the file and the 1-based line number; nothing is silently skipped except blank lines.
-:func:`load_trace` detects the format from the first non-blank line.
+How it works: each reader parses a file line by line and yields :class:`TraceRecord` in arrival
+order with the arrival time in seconds relative to the trace's earliest record (never negative),
+the prompt and output lengths and (Mooncake) the prefix-block ids. A file that is not sorted by
+time is sorted (stably); with ``sort=False`` a reader streams instead and rejects a line whose
+timestamp goes backwards. A malformed line raises :class:`TraceFormatError` naming the file and
+the 1-based line number; nothing is silently skipped except blank lines. Files are UTF-8, a
+byte-order mark allowed. :func:`load_trace` detects the format from the first non-blank line.
 
 Formats (see ``../shared/traces/README.md``):
 
 * Azure: header ``TIMESTAMP,ContextTokens,GeneratedTokens``; timestamps like
-  ``2023-11-16 18:15:46.6805900`` (7 fractional digits, more than ``datetime`` parses).
+  ``2023-11-16 18:15:46.6805900`` (7 fractional digits, more than ``datetime`` parses), also
+  with a ``T`` separator and a zone suffix (``Z``, ``+00:00``); without one, UTC.
 * Mooncake: one JSON object per line with ``timestamp`` (ms), ``input_length``,
   ``output_length`` and ``hash_ids`` (one id per 512-token block; equal ids = shared prefix).
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -48,15 +52,34 @@ class TraceRecord:
     block_ids: tuple[int, ...] = ()  # Mooncake prefix-block ids (512 tokens each), else ()
 
 
+_AZURE_TIME = re.compile(
+    r"(\d{4}-\d{2}-\d{2})[ T](\d{2}:\d{2}:\d{2})(?:\.(\d+))?\s*(Z|[+-]\d{2}(?::?\d{2})?)?",
+    re.IGNORECASE,
+)
+
+
 def _parse_azure_time(text: str) -> tuple[int, float]:
     """``(whole seconds since the epoch, fraction)`` for ``YYYY-MM-DD HH:MM:SS[.fffffff]``.
 
-    Kept apart so relative times do not lose the sub-microsecond digits to float rounding."""
-    base, _, frac = text.strip().partition(".")
-    dt = datetime.strptime(base, "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
-    if frac and not frac.isdigit():
-        raise ValueError(f"bad fractional seconds {frac!r}")
-    return int(dt.timestamp()), (int(frac) / 10 ** len(frac) if frac else 0.0)
+    A ``T`` may separate date and time, and a zone suffix (``Z``, ``+00:00``, ``-0530``) may
+    follow; without one the time is taken as UTC. Kept apart so relative times do not lose the
+    sub-microsecond digits to float rounding."""
+    m = _AZURE_TIME.fullmatch(text.strip())
+    if m is None:
+        raise ValueError(
+            f"timestamp {text.strip()!r} does not match YYYY-MM-DD HH:MM:SS[.fffffff][+HH:MM]"
+        )
+    date, clock, frac, zone = m.groups()
+    try:
+        dt = datetime.strptime(f"{date} {clock}", "%Y-%m-%d %H:%M:%S")
+    except ValueError as exc:  # e.g. month 13
+        raise ValueError(f"timestamp {text.strip()!r}: {exc}") from None
+    seconds = int(dt.replace(tzinfo=timezone.utc).timestamp())
+    if zone and zone.upper() != "Z":
+        digits = zone[1:].replace(":", "")
+        offset = int(digits[:2]) * 3600 + int(digits[2:] or 0) * 60
+        seconds -= offset if zone[0] == "+" else -offset
+    return seconds, (int(frac) / 10 ** len(frac) if frac else 0.0)
 
 
 def _count(value: object, name: str, minimum: int) -> int:
@@ -70,14 +93,43 @@ def _count(value: object, name: str, minimum: int) -> int:
     return value
 
 
-def read_azure(path: str | Path) -> Iterator[TraceRecord]:
-    """Stream an Azure LLM inference trace CSV."""
-    with open(path, newline="", encoding="utf-8") as f:
+# (1-based line, arrival as (whole seconds, fraction), prompt, output, block ids)
+_Row = tuple[int, tuple[int, float], int, int, tuple[int, ...]]
+
+
+def _relative(path: str | Path, rows: Iterator[_Row], sort: bool) -> Iterator[TraceRecord]:
+    """Records with arrivals relative to the earliest one (never negative).
+
+    ``sort``: read every row first, then order them by timestamp (stable: ties keep the file's
+    order). Otherwise stream in file order and reject a timestamp earlier than the previous
+    row's, naming its line."""
+    if sort:
+        ordered = sorted(rows, key=lambda r: r[1])
+        origin = ordered[0][1] if ordered else (0, 0.0)
+        for _, ts, prompt, output, ids in ordered:
+            yield TraceRecord((ts[0] - origin[0]) + (ts[1] - origin[1]), prompt, output, ids)
+        return
+    first: tuple[int, float] | None = None
+    prev: tuple[int, tuple[int, float]] | None = None
+    for line, ts, prompt, output, ids in rows:
+        if prev is not None and ts < prev[1]:
+            raise TraceFormatError(
+                path,
+                line,
+                f"timestamp earlier than line {prev[0]}'s: the file is not sorted by time "
+                "(load_trace / iter_trace sort it)",
+            )
+        first = ts if first is None else first
+        prev = (line, ts)
+        yield TraceRecord((ts[0] - first[0]) + (ts[1] - first[1]), prompt, output, ids)
+
+
+def _azure_rows(path: str | Path) -> Iterator[_Row]:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         rows = csv.reader(f)
         header = next(rows, None)
         if header is None or tuple(h.strip() for h in header) != AZURE_HEADER:
             raise TraceFormatError(path, 1, f"expected header {','.join(AZURE_HEADER)}")
-        origin: tuple[int, float] | None = None
         for row in rows:
             line = rows.line_num
             if not row or all(not c.strip() for c in row):
@@ -90,28 +142,37 @@ def read_azure(path: str | Path) -> Iterator[TraceRecord]:
                 output = _count(row[2], "GeneratedTokens", 0)
             except ValueError as exc:
                 raise TraceFormatError(path, line, str(exc)) from None
-            origin = ts if origin is None else origin
-            yield TraceRecord((ts[0] - origin[0]) + (ts[1] - origin[1]), prompt, output)
+            yield line, ts, prompt, output, ()
 
 
-def read_mooncake(path: str | Path) -> Iterator[TraceRecord]:
-    """Stream a Mooncake trace (JSON lines)."""
-    with open(path, encoding="utf-8") as f:
-        origin: float | None = None
+def read_azure(path: str | Path, *, sort: bool = True) -> Iterator[TraceRecord]:
+    """An Azure LLM inference trace CSV (UTF-8, a BOM allowed), in arrival order.
+
+    ``sort=False`` streams the file line by line instead and rejects unsorted lines."""
+    return _relative(path, _azure_rows(path), sort)
+
+
+def _mooncake_rows(path: str | Path) -> Iterator[_Row]:
+    with open(path, encoding="utf-8-sig") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
-                rec = _parse_mooncake_line(line)
+                ts, prompt, output, ids = _parse_mooncake_line(line)
             except ValueError as exc:
                 raise TraceFormatError(path, line_no, str(exc)) from None
-            origin = rec.arrival_s if origin is None else origin
-            yield TraceRecord(
-                rec.arrival_s - origin, rec.prompt_tokens, rec.output_tokens, rec.block_ids
-            )
+            yield line_no, (0, ts), prompt, output, ids
 
 
-def _parse_mooncake_line(line: str) -> TraceRecord:
+def read_mooncake(path: str | Path, *, sort: bool = True) -> Iterator[TraceRecord]:
+    """A Mooncake trace (JSON lines; UTF-8, a BOM allowed), in arrival order.
+
+    ``sort=False`` streams the file line by line instead and rejects unsorted lines."""
+    return _relative(path, _mooncake_rows(path), sort)
+
+
+def _parse_mooncake_line(line: str) -> tuple[float, int, int, tuple[int, ...]]:
+    """(arrival in seconds, prompt tokens, output tokens, block ids) of one JSON line."""
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -128,7 +189,7 @@ def _parse_mooncake_line(line: str) -> TraceRecord:
     if not isinstance(ids, list):
         raise ValueError("hash_ids must be a list")
     block_ids = tuple(_count(i, "hash_ids entry", 0) for i in ids)
-    return TraceRecord(
+    return (
         ts / 1000.0,
         _count(obj["input_length"], "input_length", 1),
         _count(obj["output_length"], "output_length", 0),
@@ -138,7 +199,7 @@ def _parse_mooncake_line(line: str) -> TraceRecord:
 
 def detect_format(path: str | Path) -> TraceFormat:
     """Guess the format from the first non-blank line."""
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for line_no, line in enumerate(f, start=1):
             text = line.strip()
             if not text:
@@ -151,14 +212,16 @@ def detect_format(path: str | Path) -> TraceFormat:
     raise TraceFormatError(path, 1, "empty trace file")
 
 
-def iter_trace(path: str | Path, fmt: TraceFormat | None = None) -> Iterator[TraceRecord]:
-    """Stream any supported trace; ``fmt`` overrides detection."""
+def iter_trace(
+    path: str | Path, fmt: TraceFormat | None = None, *, sort: bool = True
+) -> Iterator[TraceRecord]:
+    """Any supported trace in arrival order; ``fmt`` overrides detection (see ``read_*``)."""
     fmt = fmt or detect_format(path)
-    return read_azure(path) if fmt == "azure" else read_mooncake(path)
+    return read_azure(path, sort=sort) if fmt == "azure" else read_mooncake(path, sort=sort)
 
 
 def load_trace(
     path: str | Path, limit: int | None = None, fmt: TraceFormat | None = None
 ) -> list[TraceRecord]:
-    """Read a whole trace (or its first ``limit`` records) into a list."""
+    """Read a whole trace into a list, sorted by arrival (or its first ``limit`` records)."""
     return list(islice(iter_trace(path, fmt), limit))
