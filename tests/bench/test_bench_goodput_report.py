@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from vllm_control_plane.bench.goodput import search
-from vllm_control_plane.bench.report import attainment, load_imbalance, percentiles, summarize
+from vllm_control_plane.bench.report import (
+    attainment,
+    load_imbalance,
+    percentiles,
+    run_table,
+    summarize,
+)
 from vllm_control_plane.bench.results import Histogram, LoadSeries, Outcome, RunResult
 
 
@@ -87,3 +93,33 @@ def test_percentiles_histogram_and_imbalance() -> None:
     assert load_imbalance(even) == pytest.approx(1.0)  # equal load per unit of capacity
     skew = LoadSeries(["a", "b"], [1.0, 1.0], [0], [[6, 2]], [[0, 0]])
     assert load_imbalance(skew) == pytest.approx(1.5)
+
+
+def outcome(cls: str, priority: str, met: bool, tenant: str | None = None) -> Outcome:
+    return Outcome("r", cls, priority, 0, "completed", True, met, 10, tenant=tenant)
+
+
+def test_markdown_shows_attainment_per_priority_class_and_tenant() -> None:
+    # classes map one-to-one onto priorities: one table, headed by both
+    outs = [outcome("batch", "low", False), outcome("interactive", "high", True)]
+    s = summarize(RunResult("s", "cfg", "p", "s", "virtual", 0, 1, 1, 1, outs))
+    md = run_table([s])
+    assert "SLO met per priority:\n\n| config | high (interactive) | low (batch) |" in md
+    assert "| cfg | 100.0% | 0.0% |" in md
+    assert "per class" not in md and "per tenant" not in md
+    # two classes share a priority: a class table too; tenants: a tenant table
+    outs = [
+        outcome("chat", "critical", True, "t1"),
+        outcome("chat", "critical", False, "t2"),
+        outcome("bulk", "low", True, "t2"),
+        outcome("scan", "low", False),
+    ]
+    s = summarize(RunResult("s", "cfg", "p", "s", "virtual", 0, 1, 1, 1, outs))
+    assert s["attainment_by_tenant"] == {"t1": 1.0, "t2": 0.5}
+    md = run_table([s, s])
+    assert "| config | critical | low |" in md  # most urgent first
+    assert "SLO met per class:\n\n| config | bulk | chat | scan |" in md
+    assert "SLO met per tenant:\n\n| config | t1 | t2 |" in md
+    assert md.count("| cfg | 100.0% | 50.0% |") == 4  # tenant table, and per priority (x2)
+    single = summarize(RunResult("s", "c", "p", "s", "virtual", 0, 1, 1, 1, outs[3:]))
+    assert run_table([single]).count("|---|") == 1  # nothing to break down

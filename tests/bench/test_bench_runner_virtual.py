@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from vllm_control_plane.bench.report import summarize
+from vllm_control_plane.bench.report import run_table, summarize
 from vllm_control_plane.bench.runner_virtual import run_virtual
 from vllm_control_plane.bench.setup import (
     BenchConfig,
@@ -50,6 +50,31 @@ def test_same_seed_same_numbers() -> None:
     sa, sb = summarize(a), summarize(b)
     sa.pop("wall_s"), sb.pop("wall_s")
     assert sa == sb
+
+
+def test_seeded_random_baseline_is_reproducible() -> None:
+    reqs = workload(rate=12).requests(6)
+    a = run_virtual(FLEET, baseline("random"), reqs, seed=11)
+    b = run_virtual(FLEET, baseline("random"), reqs, seed=11)
+    assert a.outcomes == b.outcomes
+    sa, sb = summarize(a), summarize(b)
+    sa.pop("wall_s"), sb.pop("wall_s")
+    assert sa == sb
+    other = run_virtual(FLEET, baseline("random"), reqs, seed=12)
+    assert [o.instance for o in other.outcomes] != [o.instance for o in a.outcomes]
+
+
+def test_attainment_per_tenant_in_virtual_time() -> None:
+    classes = (
+        RequestClass("a", 1, ttft_slo_ms=1000, tpot_slo_ms=100, tenant="acme"),
+        RequestClass("b", 1, ttft_slo_ms=1000, tpot_slo_ms=100, tenant="globex"),
+    )
+    spec = SyntheticSpec(rate=6, classes=classes, prompt=LengthDist(300, 0.5, 16, 1000))
+    r = run_virtual(FLEET, project_best(), SyntheticWorkload(spec, seed=1).requests(5))
+    assert {o.tenant for o in r.outcomes} == {"acme", "globex"}
+    s = summarize(r)
+    assert set(s["attainment_by_tenant"]) == {"acme", "globex"}
+    assert "SLO met per tenant" in run_table([s])
 
 
 def test_every_request_ends_and_counters_add_up() -> None:

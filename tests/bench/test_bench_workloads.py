@@ -119,3 +119,33 @@ def test_trace_speedup_sample_and_context_clip() -> None:
     assert 850 < len(thin.requests(1e6)) < 1150
     short = TraceWorkload(AZURE, limit=2000, max_model_len=1024)
     assert all(r.prompt_tokens + r.output_tokens <= 1024 for r in short.requests(1e6))
+
+
+def test_trace_reserve_keeps_context_free_and_variant_keeps_the_rest(tmp_path: Path) -> None:
+    trace = tmp_path / "t.csv"
+    trace.write_text(
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+        "2023-11-16 18:15:46,5000,100\n2023-11-16 18:15:48,300,2000\n2023-11-16 18:15:50,9,9\n"
+    )
+    exact = TraceWorkload(trace, max_model_len=1024)
+    assert [(r.prompt_tokens, r.output_tokens) for r in exact.requests(100)] == [
+        (924, 100),
+        (300, 512),
+        (9, 9),
+    ]
+    live = exact.variant(reserve_tokens=16, speedup=2.0)
+    assert (live.max_model_len, live.speedup, live.reserve_tokens) == (1024, 2.0, 16)
+    assert [(r.prompt_tokens, r.output_tokens) for r in live.requests(100)] == [
+        (908, 100),
+        (300, 504),
+        (9, 9),
+    ]
+    assert live.requests(100)[1].arrival == pytest.approx(1.0)
+    with pytest.raises(TypeError, match="nope"):
+        exact.variant(nope=1)
+    with pytest.raises(ValueError, match="reserve_tokens"):
+        TraceWorkload(trace, max_model_len=64, reserve_tokens=63)
+    empty = tmp_path / "e.csv"
+    empty.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n")
+    with pytest.raises(ValueError, match="no requests"):
+        TraceWorkload(empty)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from vllm_control_plane.bench.compare import Comparison
+from vllm_control_plane.bench.goodput import Goodput
 from vllm_control_plane.bench.report import run_table, summarize
 from vllm_control_plane.bench.results import RunResult
 
@@ -31,6 +32,20 @@ def write_run(result: RunResult, out: Path, *, plots: bool = True) -> list[Path]
         paths.append(p.latency_cdfs({result.config: result}, out / "latency_cdf.png"))
         if result.load is not None:
             paths.append(p.instance_load({result.config: result}, out / "instance_load.png"))
+    return paths
+
+
+def write_goodput(
+    g: Goodput, config: str, out: Path, *, plots: bool = True, title: str = ""
+) -> list[Path]:
+    """``goodput.json`` (the answer and every probe) and ``attainment.png`` (attainment vs
+    offered rate) of one configuration's search."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [_dump(out / "goodput.json", {"config": config, **g.to_dict()})]
+    if plots:
+        from vllm_control_plane.bench import plots as p
+
+        paths.append(p.attainment_vs_rate({config: g}, out / "attainment.png", [config], title))
     return paths
 
 

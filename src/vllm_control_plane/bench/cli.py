@@ -7,8 +7,13 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from vllm_control_plane.bench.scenarios import Scenario
+    from vllm_control_plane.bench.workloads import Workload
 
 bench_app = typer.Typer(
     name="bench",
@@ -44,9 +49,78 @@ def list_cmd() -> None:
     typer.echo("strategies: " + ", ".join(strategy_names()))
 
 
+def _trace_workload(
+    sc_name: str | None,
+    trace: Path | None,
+    *,
+    seed: int,
+    traces_dir: Path | None,
+    speedup: float,
+    sample: float,
+    limit: int | None,
+    max_model_len: int | None,
+) -> tuple[Scenario, Workload, str]:
+    """(scenario, workload, run name) for ``vcp bench run``.
+
+    With ``trace``: the file (format detected) replayed on a scenario's fleet with its SLO
+    classes — the named one, else the ``azure`` or ``mooncake`` scenario by format — prompts
+    clipped to the fleet's smallest context. Without: the scenario's own workload, a trace
+    replay re-built with ``speedup`` / ``sample`` / ``limit`` if given."""
+    from vllm_control_plane.bench.scenarios import MOONCAKE_CLASSES, TRACE_CLASSES, get_scenario
+    from vllm_control_plane.bench.traces import detect_format
+    from vllm_control_plane.bench.workloads import TraceWorkload
+    from vllm_control_plane.sim.profiles import get_model
+
+    scaled = speedup != 1.0 or sample != 1.0 or limit is not None or max_model_len is not None
+    if trace is None:
+        if sc_name is None:
+            raise ValueError("give --scenario or --trace")
+        sc = get_scenario(sc_name)
+        wl = sc.workload(seed, traces_dir)
+        if scaled:
+            if not isinstance(wl, TraceWorkload):
+                raise ValueError(
+                    "--speedup, --sample, --limit and --max-model-len apply to trace replays "
+                    f"(--trace, or the azure / mooncake scenarios), not {sc.name!r}"
+                )
+            changes: dict[str, object] = {"speedup": speedup, "sample": sample, "limit": limit}
+            if max_model_len is not None:
+                changes["max_model_len"] = max_model_len
+            wl = wl.variant(**changes)
+        return sc, wl, sc.name
+    fmt = detect_format(trace)
+    sc = get_scenario(sc_name or fmt)
+    trace_classes = {"azure": TRACE_CLASSES, "mooncake": MOONCAKE_CLASSES}
+    if sc.name in trace_classes:
+        classes = trace_classes[sc.name]
+    else:  # a synthetic or chat scenario's classes (its SLOs and priorities)
+        classes = sc.workload(seed, traces_dir).spec.classes  # type: ignore[attr-defined]
+    context = max_model_len or min(
+        g.max_model_len or get_model(g.model).context_len for g in sc.fleet.groups
+    )
+    wl = TraceWorkload(
+        trace,
+        fmt=fmt,
+        speedup=speedup,
+        sample=sample,
+        classes=classes,
+        max_model_len=context,
+        seed=seed,
+        limit=limit,
+    )
+    return sc, wl, trace.stem
+
+
 @bench_app.command("run")
 def run_cmd(
-    scenario: str = typer.Option(..., help="Scenario name (vcp bench list)."),
+    scenario: str | None = typer.Option(
+        None, help="Scenario name (vcp bench list); with --trace, its fleet and SLOs."
+    ),
+    trace: Path | None = typer.Option(
+        None,
+        help="Replay this Azure CSV or Mooncake JSONL file (format detected) on the scenario's "
+        "fleet (default: the azure or mooncake scenario, by format).",
+    ),
     config: str = typer.Option(
         "vcp_best", help="vcp_best, or a baseline's name; --policy/--strategy override it."
     ),
@@ -57,32 +131,54 @@ def run_cmd(
     ),
     rate: float | None = typer.Option(None, min=0.0001, help="Offered requests/s (mean)."),
     multiplier: float | None = typer.Option(None, min=0.0001, help="Rate multiplier."),
-    duration: float | None = typer.Option(None, min=1.0, help="Seconds of arrivals."),
+    duration: float | None = typer.Option(
+        None, min=1.0, help="Seconds of arrivals (default: the scenario's; --trace: all of it)."
+    ),
+    speedup: float = typer.Option(1.0, min=1e-6, help="Trace replay: compress time this much."),
+    sample: float = typer.Option(
+        1.0, min=1e-6, max=1.0, help="Trace replay: keep this share of requests (seeded)."
+    ),
+    limit: int | None = typer.Option(None, min=1, help="Trace replay: the first N records."),
+    max_model_len: int | None = typer.Option(
+        None, min=2, help="Trace replay: context to clip to (default: the fleet's)."
+    ),
     seed: int = typer.Option(0, help="Seed of the workload and the router."),
     goodput: bool = typer.Option(False, help="Search the goodput instead of one run."),
     out: Path = typer.Option(DEFAULT_OUT, help="Output directory."),
     plots: bool = typer.Option(True, help="Write PNG plots."),
     traces_dir: Path | None = typer.Option(None, help="Directory of the shared traces."),
 ) -> None:
-    """One virtual-time run (or a goodput search) of one configuration on a scenario."""
+    """One virtual-time run (or a goodput search) of one configuration on a scenario or trace."""
     from vllm_control_plane.bench import artifacts
     from vllm_control_plane.bench.compare import probe_runner
     from vllm_control_plane.bench.goodput import search
     from vllm_control_plane.bench.progress import run_progress
     from vllm_control_plane.bench.report import run_table, summarize
-    from vllm_control_plane.bench.scenarios import get_scenario
     from vllm_control_plane.bench.setup import resolve_config
 
     try:
-        sc = get_scenario(scenario)
+        sc, wl, name = _trace_workload(
+            scenario,
+            trace,
+            seed=seed,
+            traces_dir=traces_dir,
+            speedup=speedup,
+            sample=sample,
+            limit=limit,
+            max_model_len=max_model_len,
+        )
         cfg = resolve_config(config, policy, strategy, concurrency)
-        wl = sc.workload(seed, traces_dir)
     except (ValueError, OSError) as e:
         raise _fail(str(e)) from None
-    window = duration or sc.duration_s
-    m = multiplier or (rate / wl.base_rate if rate else sc.start_multiplier)
+    if trace is not None:
+        m = multiplier or (rate / wl.base_rate if rate else 1.0)
+        span = getattr(wl, "span_s", 0.0)
+        window = duration or max(1.0, span / m * (1 + 1e-9) + 1e-6)  # every record
+    else:
+        m = multiplier or (rate / wl.base_rate if rate else sc.start_multiplier)
+        window = duration or sc.duration_s
     run_at = probe_runner(sc, wl, cfg, seed, window)
-    target = out / sc.name / cfg.name
+    target = out / name / cfg.name
     if goodput:
         g = search(
             run_at,
@@ -92,6 +188,8 @@ def run_cmd(
                 f"{' (stopped early)' if p.aborted else ''}, rejected {p.rejection_rate:.1%}"
             ),
         )
+        for path in artifacts.write_goodput(g, cfg.name, target, plots=plots, title=sc.title):
+            typer.echo(f"wrote {path}")
         if g.rate is None:
             typer.echo(f"{cfg.name}: no probe reached 90 % attainment")
             raise typer.Exit(1)
@@ -101,14 +199,16 @@ def run_cmd(
         )
         m = g.multiplier or m
     reqs = wl.requests(window, m)
-    with run_progress(f"{sc.name}: {cfg.name}") as tick:
+    if not reqs:
+        raise _fail(f"no request arrives within {window:g} s at ×{m:g}")
+    with run_progress(f"{name}: {cfg.name}") as tick:
         from vllm_control_plane.bench.runner_virtual import run_virtual
 
         result = run_virtual(
             sc.fleet,
             cfg,
             reqs,
-            scenario=sc.name,
+            scenario=name,
             seed=seed,
             multiplier=m,
             duration_s=window,
@@ -192,6 +292,16 @@ def summary_cmd(
     _write_summary(out)
 
 
+def _tenant_keys(pairs: list[str]) -> dict[str, str]:
+    keys: dict[str, str] = {}
+    for pair in pairs:
+        tenant, sep, key = pair.partition("=")
+        if not sep or not tenant.strip() or not key.strip():
+            raise ValueError(f"--tenant-key wants TENANT=KEY, got {pair!r}")
+        keys[tenant.strip()] = key.strip()
+    return keys
+
+
 @bench_app.command("live")
 def live_cmd(
     url: str = typer.Option(..., help="Base URL of an OpenAI-compatible server or gateway."),
@@ -201,11 +311,28 @@ def live_cmd(
     rate: float | None = typer.Option(None, min=0.0001, help="Offered requests/s (mean)."),
     multiplier: float = typer.Option(1.0, min=0.0001, help="Rate multiplier (without --rate)."),
     duration: float = typer.Option(60.0, min=1.0, help="Seconds of arrivals."),
+    speedup: float = typer.Option(1.0, min=1e-6, help="Trace replay: compress time this much."),
+    sample: float = typer.Option(
+        1.0, min=1e-6, max=1.0, help="Trace replay: keep this share of requests (seeded)."
+    ),
+    limit: int | None = typer.Option(None, min=1, help="Trace replay: the first N records."),
     seed: int = typer.Option(0, help="Seed of the workload."),
     model: str | None = typer.Option(None, help="Model name (default: the server's first)."),
-    max_model_len: int = typer.Option(8192, min=2, help="Context to clip prompts to."),
+    max_model_len: int = typer.Option(8192, min=2, help="Context to clip trace prompts to."),
+    reserve_tokens: int = typer.Option(
+        16, min=0, help="Trace replay: context left free for the tokens the server adds (BOS)."
+    ),
     timeout: float = typer.Option(600.0, min=1.0, help="Seconds before a request is abandoned."),
     api_key: str | None = typer.Option(None, help="Bearer token for the server."),
+    tenant_key: list[str] = typer.Option(
+        [],
+        help="TENANT=KEY (repeatable): requests of classes with that tenant — or of the class "
+        "named TENANT, which then becomes that tenant — are sent with KEY; attainment is "
+        "reported per tenant.",
+    ),
+    usd_per_hour: float | None = typer.Option(
+        None, min=0.0, help="The fleet's price per hour, for the cost figures (default: none)."
+    ),
     out: Path = typer.Option(DEFAULT_OUT, help="Output directory."),
     plots: bool = typer.Option(True, help="Write PNG plots."),
     traces_dir: Path | None = typer.Option(None, help="Directory of the shared traces."),
@@ -214,15 +341,32 @@ def live_cmd(
     from vllm_control_plane.bench import artifacts
     from vllm_control_plane.bench.progress import run_progress
     from vllm_control_plane.bench.report import run_table, summarize
-    from vllm_control_plane.bench.runner_live import LiveOptions, live_workload, run_live
+    from vllm_control_plane.bench.runner_live import (
+        LiveOptions,
+        assign_tenants,
+        live_workload,
+        run_live,
+    )
 
     try:
-        name, wl = live_workload(workload, seed, max_model_len, traces_dir)
+        keys = _tenant_keys(tenant_key)
+        name, wl = live_workload(
+            workload,
+            seed,
+            max_model_len,
+            traces_dir,
+            speedup=speedup,
+            sample=sample,
+            limit=limit,
+            reserve_tokens=reserve_tokens,
+        )
+        m = rate / wl.base_rate if rate else multiplier
+        reqs = assign_tenants(wl.requests(duration, m), list(keys))
     except (ValueError, OSError) as e:
         raise _fail(str(e)) from None
-    m = rate / wl.base_rate if rate else multiplier
-    reqs = wl.requests(duration, m)
-    opts = LiveOptions(model=model, timeout_s=timeout, api_key=api_key)
+    opts = LiveOptions(
+        model=model, timeout_s=timeout, api_key=api_key, tenant_keys=keys, usd_per_hour=usd_per_hour
+    )
     with run_progress(f"live {url}: {name}") as tick:
         try:
             result = asyncio.run(

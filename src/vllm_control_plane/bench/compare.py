@@ -11,11 +11,14 @@ all measured in the same invocation on the same machine (DESIGN §7).
 
 from __future__ import annotations
 
+import multiprocessing
+import queue
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from vllm_control_plane.bench.goodput import TARGET, Goodput, Probe, search
 from vllm_control_plane.bench.report import fmt, markdown_table, run_table, summarize
@@ -206,9 +209,24 @@ def _workload(job: _Job) -> tuple[Scenario, Workload]:
     return scenario, _WORKLOADS[key]
 
 
+# In a worker process: where its probes go, so the parent's progress bars move per probe.
+_PROBES: Any = None
+
+
+def _init_worker(probes: Any) -> None:
+    global _PROBES
+    _PROBES = probes
+
+
 def _search_job(job: _Job, on_probe: Callable[[Probe], None] | None = None) -> Goodput:
     scenario, workload = _workload(job)
     run_at = probe_runner(scenario, workload, job.config, job.seed, job.duration)
+    if on_probe is None and _PROBES is not None:
+        sink, name = _PROBES, job.config.name
+
+        def on_probe(p: Probe) -> None:
+            sink.put((name, p))
+
     g = search(run_at, start=scenario.start_multiplier, max_runs=job.max_runs, on_probe=on_probe)
     g.best_run = None  # keep results small: the reference runs are what gets tabulated
     return g
@@ -225,8 +243,12 @@ def _map(
     jobs: list[_Job],
     workers: int,
     done: Callable[[_Job], None] | None,
+    on_probe: OnProbe | None = None,
 ) -> list[object]:
-    """Run ``fn`` over ``jobs`` in order, in ``workers`` processes when > 1."""
+    """Run ``fn`` over ``jobs`` in order, in ``workers`` processes when > 1.
+
+    In processes, the workers' probes come back through a queue and are handed to
+    ``on_probe`` (in this process, between waits), each job's before its ``done``."""
     if workers <= 1:
         out = []
         for job in jobs:
@@ -234,15 +256,34 @@ def _map(
             if done is not None:
                 done(job)
         return out
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    probes = multiprocessing.get_context().Queue() if on_probe is not None else None
+
+    def drain() -> None:
+        while probes is not None:
+            try:
+                name, p = probes.get_nowait()
+            except queue.Empty:
+                return
+            on_probe(name, p)  # type: ignore[misc]
+
+    with ProcessPoolExecutor(
+        max_workers=workers, initializer=_init_worker, initargs=(probes,)
+    ) as pool:
         futures = {pool.submit(fn, job): k for k, job in enumerate(jobs)}
         results: list[object] = [None] * len(jobs)
-        for fut in as_completed(futures):
-            k = futures[fut]
-            results[k] = fut.result()
-            if done is not None:
-                done(jobs[k])
-        return results
+        pending = set(futures)
+        while pending:
+            finished, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+            drain()
+            for fut in finished:
+                k = futures[fut]
+                results[k] = fut.result()
+                if done is not None:
+                    done(jobs[k])
+        drain()
+    if probes is not None:
+        probes.close()
+    return results
 
 
 def compare(
@@ -259,8 +300,9 @@ def compare(
 ) -> Comparison:
     """Goodput search for every config, then a side-by-side run at the reference load.
 
-    ``jobs`` > 1 runs configurations in that many processes (each run stays deterministic);
-    ``on_probe`` (serial only) hears every probe, ``on_done(phase, config)`` every finished job.
+    ``jobs`` > 1 runs configurations in that many processes (each run stays deterministic,
+    the numbers are those of ``jobs=1``); ``on_probe(config, probe)`` hears every probe of
+    every search (from worker processes too), ``on_done(phase, config)`` every finished job.
     """
     wall = time.perf_counter()
     duration = duration_s or scenario.duration_s
@@ -270,13 +312,14 @@ def compare(
     result.workload = workload.describe()
 
     def searched(job: _Job) -> Goodput:
-        report = (lambda p: on_probe(job.config.name, p)) if on_probe and jobs <= 1 else None
+        report = (lambda p: on_probe(job.config.name, p)) if on_probe else None
         return _search_job(job, report)
 
     def tell(phase: str) -> Callable[[_Job], None] | None:
         return (lambda job: on_done(phase, job.config.name)) if on_done else None
 
-    goodputs = _map(searched if jobs <= 1 else _search_job, base, jobs, tell("search"))
+    search_fn = searched if jobs <= 1 else _search_job
+    goodputs = _map(search_fn, base, jobs, tell("search"), on_probe)
     result.entries = [Entry(c, g) for c, g in zip(configs, goodputs, strict=True)]  # type: ignore[misc]
     best = result.best_baseline() or (result.entries[0] if result.entries else None)
     if best is not None and best.goodput.multiplier is not None:

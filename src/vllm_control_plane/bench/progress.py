@@ -34,23 +34,38 @@ def run_progress(description: str) -> Iterator[Callable[[float], None]]:
 
 
 class CompareProgress:
-    """One bar per configuration: probes of its goodput search, then its reference run."""
+    """One bar per configuration: probes of its goodput search, then its reference run.
+
+    Works the same with ``compare --jobs N``: probes of worker processes arrive here too (a
+    probe can arrive just after its search is reported done; it then only updates the note)."""
 
     def __init__(self, prog: Progress, names: Sequence[str], max_runs: int) -> None:
         self._prog = prog
-        self._tasks = {n: prog.add_task(n, total=max_runs + 1, note="") for n in names}
+        self._total = max_runs + 1
+        self._tasks = {n: prog.add_task(n, total=self._total, note="") for n in names}
+        self._probes = dict.fromkeys(names, 0)
+        self._searched: set[str] = set()
 
     def probe(self, name: str, p: Probe) -> None:
         note = f"×{p.multiplier:.3g}: {p.attainment:.0%}{' (stopped early)' if p.aborted else ''}"
-        self._prog.update(self._tasks[name], advance=1, note=note)
+        self._probes[name] = self._probes.get(name, 0) + 1
+        if name in self._searched:
+            return
+        done = min(self._probes[name], self._total - 1)
+        self._prog.update(self._tasks[name], completed=done, note=note)
 
     def done(self, phase: str, name: str) -> None:
         task = self._tasks[name]
         if phase == "search":
-            self._prog.update(task, note="searched")
+            self._searched.add(name)
+            self._prog.update(task, completed=self._total - 1, note="searched")
         else:
-            total = self._prog.tasks[task].total or 0
-            self._prog.update(task, completed=total, note="done")
+            self._prog.update(task, completed=self._total, note="done")
+
+    def completed(self, name: str) -> float:
+        """How far ``name``'s bar is (for tests)."""
+        task = self._tasks[name]
+        return next(t.completed for t in self._prog.tasks if t.id == task)
 
 
 @contextmanager

@@ -16,7 +16,12 @@ Definitions (DESIGN §7):
 * Load imbalance = time-average over scrapes of max / mean of the instances' outstanding
   requests (running + waiting) per unit of capacity; 1.0 is perfectly even.
 * Cost = the fleet's price per hour × the run's makespan, per 1,000 completed requests; and per
-  1,000 requests that met their SLO (what a good answer costs).
+  1,000 requests that met their SLO (what a good answer costs). Unknown (``–``) when the run
+  has no price (a live run without ``--usd-per-hour``).
+
+The markdown of a run (:func:`run_table`) is one row per configuration, followed by SLO
+attainment per priority, per request class (when classes do not simply map one-to-one onto
+priorities) and per tenant (when requests carry tenants).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from vllm_control_plane.bench.results import LoadSeries, Outcome, RunResult
+from vllm_control_plane.types import RequestPriority
 
 PERCENTILES = (50, 90, 99)
 
@@ -50,7 +56,9 @@ def attainment(outcomes: Iterable[Outcome]) -> float | None:
 def _grouped(outcomes: Sequence[Outcome], key: str) -> dict[str, float | None]:
     groups: dict[str, list[Outcome]] = {}
     for o in outcomes:
-        groups.setdefault(getattr(o, key), []).append(o)
+        value = getattr(o, key)
+        if value is not None:
+            groups.setdefault(value, []).append(o)
     return {k: attainment(v) for k, v in sorted(groups.items())}
 
 
@@ -74,7 +82,8 @@ def summarize(result: RunResult) -> dict[str, object]:
     refused = sum(1 for o in outs if o.status in ("rejected", "timeout"))
     met = sum(1 for o in outs if o.met_slo)
     span_h = max(result.end_s, 1e-9) / 3600
-    fleet_cost = result.fleet_usd_per_hour * span_h
+    priced = result.fleet_usd_per_hour > 0
+    fleet_cost = result.fleet_usd_per_hour * span_h if priced else None
     tokens = sum(o.output_tokens for o in done)
     eng = result.engines
     return {
@@ -93,6 +102,8 @@ def summarize(result: RunResult) -> dict[str, object]:
         "slo_attainment": attainment(outs),
         "attainment_by_priority": _grouped(outs, "priority"),
         "attainment_by_class": _grouped(outs, "cls"),
+        "attainment_by_tenant": _grouped(outs, "tenant"),
+        "class_priority": {o.cls: o.priority for o in outs},
         "ttft_ms": percentiles([o.ttft for o in done if o.ttft is not None]),
         "tpot_ms": percentiles([o.tpot for o in done if o.tpot is not None]),
         "e2e_ms": percentiles([o.e2e for o in done if o.e2e is not None]),
@@ -104,8 +115,8 @@ def summarize(result: RunResult) -> dict[str, object]:
         "throughput_rps": len(done) / max(result.end_s, 1e-9),
         "output_tokens_per_s": tokens / max(result.end_s, 1e-9),
         "fleet_usd": fleet_cost,
-        "usd_per_1k_completed": 1e3 * fleet_cost / len(done) if done else None,
-        "usd_per_1k_slo_met": 1e3 * fleet_cost / met if met else None,
+        "usd_per_1k_completed": 1e3 * fleet_cost / len(done) if done and priced else None,
+        "usd_per_1k_slo_met": 1e3 * fleet_cost / met if met and priced else None,
         "makespan_s": result.end_s,
         "wall_s": result.wall_s,
     }
@@ -141,7 +152,8 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str
 
 
 def run_table(summaries: Sequence[dict[str, object]]) -> str:
-    """One row per run: attainment and rejections first, then latency percentiles."""
+    """One row per run: attainment and rejections first, then latency percentiles; then the
+    attainment breakdowns (:func:`breakdown_tables`)."""
     headers = [
         "config",
         "req/s",
@@ -172,7 +184,49 @@ def run_table(summaries: Sequence[dict[str, object]]) -> str:
                 fmt(s["usd_per_1k_slo_met"], 3),
             ]
         )
-    return markdown_table(headers, rows)
+    return "\n\n".join([markdown_table(headers, rows), *breakdown_tables(summaries)])
+
+
+_PRIORITY_ORDER = {p.name.lower(): p.value for p in RequestPriority}
+
+
+def _group(summary: dict[str, object], key: str) -> dict[str, object]:
+    value = summary.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _class_of_priority(summaries: Sequence[dict[str, object]]) -> dict[str, str] | None:
+    """priority → class when request classes and priorities split the requests the same way
+    (one class per priority and vice versa), else None."""
+    pairs = {(c, str(p)) for s in summaries for c, p in _group(s, "class_priority").items()}
+    if len(pairs) == len({c for c, _ in pairs}) == len({p for _, p in pairs}):
+        return {p: c for c, p in pairs}
+    return None
+
+
+def breakdown_tables(summaries: Sequence[dict[str, object]]) -> list[str]:
+    """SLO attainment per priority (critical first), per class and per tenant, one row per
+    run — each table only when it has something to show: two priorities or classes, or any
+    tenant. When classes map one-to-one onto priorities, one table shows both (``high
+    (interactive)``)."""
+    same = _class_of_priority(summaries)
+    groups = [("priority", "attainment_by_priority", 2)]
+    if same is None:
+        groups.append(("class", "attainment_by_class", 2))
+    groups.append(("tenant", "attainment_by_tenant", 1))
+    tables = []
+    for label, key, minimum in groups:
+        cols = {c for s in summaries for c in _group(s, key)}
+        if len(cols) < minimum:
+            continue
+        order = sorted(cols, key=lambda c: (_PRIORITY_ORDER.get(c, 99), c))
+        headers = list(order)
+        if label == "priority" and same:
+            headers = [c if same.get(c, c) == c else f"{c} ({same[c]})" for c in order]
+        rows = [[str(s["config"])] + [fmt(_group(s, key).get(c), pct=True) for c in order]
+                for s in summaries]  # fmt: skip
+        tables.append(f"SLO met per {label}:\n\n" + markdown_table(["config", *headers], rows))
+    return tables
 
 
 def _triple(d: object, digits: int = 0) -> str:

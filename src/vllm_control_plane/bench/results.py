@@ -38,6 +38,7 @@ class Outcome:
     instance: str | None = None
     cost_usd: float = 0.0
     reason: str | None = None  # why it was rejected / failed
+    tenant: str | None = None  # the request class's tenant, if it has one
 
 
 class Histogram:

@@ -353,6 +353,7 @@ class VirtualRun:
                         cls.has_slo,
                         False if cls.has_slo else None,
                         req.prompt_tokens,
+                        tenant=cls.tenant,
                     )
                 )
         return out
@@ -386,6 +387,7 @@ class VirtualRun:
             instance=rec.instance_id,
             cost_usd=rec.cost_usd,
             reason=None if done else rec.reason,
+            tenant=req.cls.tenant,
         )
 
     def engine_totals(self) -> EngineTotals:

@@ -17,8 +17,10 @@ more of the stream fits in the window.
   configuration sees the same requests; think times are long next to response times.
 * :class:`TraceWorkload` — Azure CSV or Mooncake JSONL replay (any file in those formats):
   ``speedup`` scales time, ``sample`` thins requests (seeded) to scale the rate without changing
-  the trace's burstiness, prompts are clipped to the model's context, and Mooncake's 512-token
-  ``hash_ids`` become shared segments.
+  the trace's burstiness, prompts are clipped to the model's context less ``reserve_tokens``
+  (a live server adds a BOS token to a text prompt, so prompt + output clipped to exactly
+  ``max_model_len`` would be refused), and Mooncake's 512-token ``hash_ids`` become shared
+  segments.
 
 A request carries what a client would send — priority, SLOs, ``max_tokens`` cap, session, tenant
 — plus the length the model *will* generate (``output_tokens``), which only the simulated
@@ -314,14 +316,21 @@ class TraceWorkload(Workload):
         max_model_len: int = 8192,
         seed: int = 0,
         limit: int | None = None,
+        reserve_tokens: int = 0,
     ) -> None:
         super().__init__(seed)
         if speedup <= 0 or not 0 < sample <= 1:
             raise ValueError("speedup must be > 0 and sample in (0, 1]")
+        if not 0 <= reserve_tokens <= max_model_len - 2:
+            raise ValueError("reserve_tokens must be in [0, max_model_len - 2]")
         self.path, self.speedup, self.sample = Path(path), speedup, sample
         self.classes = tuple(classes)
         self.max_model_len = max_model_len
+        self.reserve_tokens = reserve_tokens
+        self.fmt, self.limit = fmt, limit
         self.records = load_trace(path, limit, fmt)
+        if not self.records:
+            raise ValueError(f"{path}: the trace holds no requests")
         span = self.records[-1].arrival_s if len(self.records) > 1 else 1.0
         self.base_rate = len(self.records) * sample * speedup / max(span, 1e-9)
         self.span_s = span / speedup
@@ -336,8 +345,27 @@ class TraceWorkload(Workload):
             segs.append((segment_key(_NS_UNIQUE, self.seed, i), prompt - covered))
         return clip(segs, prompt)
 
+    def variant(self, **changes: object) -> TraceWorkload:
+        """The same replay with some constructor arguments changed (``speedup``, ``sample``,
+        ``reserve_tokens``, ...); the file is read again."""
+        args: dict[str, object] = {
+            "fmt": self.fmt,
+            "speedup": self.speedup,
+            "sample": self.sample,
+            "classes": self.classes,
+            "max_model_len": self.max_model_len,
+            "seed": self.seed,
+            "limit": self.limit,
+            "reserve_tokens": self.reserve_tokens,
+        }
+        unknown = set(changes) - set(args)
+        if unknown:
+            raise TypeError(f"unknown TraceWorkload argument(s): {', '.join(sorted(unknown))}")
+        return TraceWorkload(self.path, **{**args, **changes})  # type: ignore[arg-type]
+
     def _generate(self) -> Iterator[BenchRequest]:
         rng = random.Random(self.seed)
+        context = self.max_model_len - self.reserve_tokens
         for i, rec in enumerate(self.records):
             keep = rng.random() < self.sample
             cls = pick_class(rng, self.classes)
@@ -345,8 +373,8 @@ class TraceWorkload(Workload):
                 continue
             output = max(1, rec.output_tokens)
             cap = cls.max_tokens or output
-            output = min(output, cap, self.max_model_len // 2)
-            prompt = min(rec.prompt_tokens, self.max_model_len - output)
+            output = min(output, cap, context // 2)
+            prompt = min(rec.prompt_tokens, context - output)
             segs = self._segments(i, rec.prompt_tokens, rec.block_ids)
             yield BenchRequest(
                 f"r{i}", rec.arrival_s / self.speedup, clip(segs, prompt), output, cls
@@ -361,5 +389,6 @@ class TraceWorkload(Workload):
             "sample": self.sample,
             "span_s": self.span_s,
             "max_model_len": self.max_model_len,
+            "reserve_tokens": self.reserve_tokens,
             "classes": [c.describe() for c in self.classes],
         }
