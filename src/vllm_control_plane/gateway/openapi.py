@@ -87,6 +87,11 @@ _MODELS: list[type[BaseModel]] = [
     PolicyUpdate,
 ]
 
+# What parsing.py accepts: a non-positive deadline or objective is a 400 (``_positive``), so the
+# schema says so; a positive one, however small, is valid (a hard deadline that cannot be met is
+# the documented 504, not a bad parameter).
+_POSITIVE = {"type": "number", "exclusiveMinimum": 0}
+
 _METADATA_HEADERS = [
     ("X-Request-Id", "Request id, unique per tenant among live requests (echoed back; "
      "generated when absent).", {"type": "string"}),
@@ -94,12 +99,14 @@ _METADATA_HEADERS = [
     ("X-Session-Id", "Session key for sticky routing.", {"type": "string"}),
     ("X-Priority", "critical, high, normal, low or background.",
      {"type": "string", "enum": ["critical", "high", "normal", "low", "background"]}),
-    ("X-SLO-Deadline-Ms", "End-to-end deadline from submission (ms).", {"type": "number"}),
+    ("X-SLO-Deadline-Ms", "End-to-end deadline from submission (ms, > 0; else 400). A hard "
+     "deadline too short to meet ends in 504.", _POSITIVE),
     ("X-Hard-Deadline", "true: end the request with 504 when X-SLO-Deadline-Ms passes.",
      {"type": "string", "enum": ["true", "false"]}),
-    ("X-TTFT-SLO-Ms", "Time-to-first-token objective (ms).", {"type": "number"}),
-    ("X-TPOT-SLO-Ms", "Time-per-output-token objective (ms).", {"type": "number"}),
-    ("X-Cost-Budget", "Largest acceptable cost in USD.", {"type": "number"}),
+    ("X-TTFT-SLO-Ms", "Time-to-first-token objective (ms, > 0; else 400).", _POSITIVE),
+    ("X-TPOT-SLO-Ms", "Time-per-output-token objective (ms, > 0; else 400).", _POSITIVE),
+    ("X-Cost-Budget", "Largest acceptable cost in USD (>= 0; else 400).",
+     {"type": "number", "minimum": 0}),
     ("X-Parallelism-Hint", "tp, pp, dp, ep or hybrid.",
      {"type": "string", "enum": ["tp", "pp", "dp", "ep", "hybrid"]}),
 ]  # fmt: skip
@@ -111,12 +118,14 @@ _ERRORS = {
     "409": "X-Request-Id of a live request of the same tenant",
     "413": "Body too large",
     "429": "Queue full, or the tenant's rate / concurrency limit (see Retry-After)",
-    "503": "No healthy instance (see Retry-After)",
-    "504": "Deadline passed",
+    "502": "The engine failed the request (after retries): `engine_error`",
+    "503": "No healthy instance (see Retry-After), request cancelled, or shutting down: "
+    "`no_healthy_instance`, `request_cancelled`, `shutting_down`",
+    "504": "A hard deadline passed or cannot be met: `deadline_exceeded`, `deadline_infeasible`",
 }
 
 
-_GENERATION_ERRORS = ("400", "401", "404", "409", "413", "429", "503", "504")
+_GENERATION_ERRORS = ("400", "401", "404", "409", "413", "429", "502", "503", "504")
 
 
 def _ref(name: str) -> dict[str, str]:
