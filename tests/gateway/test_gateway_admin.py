@@ -259,7 +259,8 @@ async def test_reload_adds_drains_and_switches(tmp_path, http) -> None:
         status, out = await _call(http, "POST", gw.url + "/admin/reload", headers=ADMIN)
         assert status == 200, out
         assert out["added"] == ["sim-c"] and out["removed"] == ["sim-a"]
-        assert out["restart_needed"] == ["limits"]
+        assert out["applied"] == ["limits.max_queued"] and out["restart_needed"] == []
+        assert gw.gateway.cp.core.limits.max_queued == 5
         await eventually(lambda: {i.instance_id for i in gw.gateway.cp.get_instances()}
                          == {"sim-b", "sim-c"}, what="fleet follows the file")  # fmt: skip
         assert gw.gateway.cp.core.policy_name == "fifo"

@@ -137,6 +137,6 @@ def test_reload_plan_diffs_instances_and_settings() -> None:
     plan = plan_reload(old, new).summary()
     assert plan == {
         "added": ["c"], "removed": ["a"], "replaced": ["b"], "scheduling_policy": "fifo",
-        "routing_strategy": None, "restart_needed": ["monitor"],
+        "routing_strategy": None, "applied": [], "restart_needed": ["monitor"],
     }  # fmt: skip
     assert plan_reload(new, new).summary()["replaced"] == []

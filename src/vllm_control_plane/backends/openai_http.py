@@ -177,6 +177,13 @@ class OpenAIHTTPBackend(Backend):
         if pool is not None:
             await pool.close()
 
+    def set_timeouts(self, timeouts: Timeouts) -> None:
+        """Use ``timeouts`` from now on (a config reload): requests sent from now on get them,
+        and so do new connections; requests already sent keep the ones they started with."""
+        self.timeouts = timeouts
+        if self._pool is not None:
+            self._pool.connect_timeout = timeouts.connect
+
     @property
     def pool(self) -> ConnectionPool:
         if self._pool is None:

@@ -5,18 +5,33 @@ matched by id: new ids are added, missing ids are drained and removed (their run
 finish first), and an entry whose settings changed is replaced — drained, then re-added under the
 same id once the old one is gone. Policy and strategy switch live; tenants, API keys, rate limits
 and the admin and metrics tokens are swapped at once (a tenant whose rate limit did not change
-keeps its bucket, so a reload hands out no fresh burst). Settings that only take effect at
-startup (listen address, queue limits, monitor intervals, seed) are reported under
-``restart_needed`` rather than half-applied.
+keeps its bucket, so a reload hands out no fresh burst).
+
+Every other setting is either applied live (reported under ``applied``) or reported under
+``restart_needed`` — never silently dropped, never half-applied. :data:`RELOAD_RULES` says which,
+for every key of :class:`ControlPlaneConfig` (a key missing there counts as restart-only):
+
+- live: ``timeouts`` (requests sent from now on; connect timeout of new connections),
+  ``circuit`` (the breakers' thresholds and cooldowns), ``retry_budget`` (the window's counts
+  are kept), ``limits`` queue caps, retries, backoff, ``hard_deadlines`` and
+  ``drain_timeout_s``, ``server.shutdown_grace_s`` and ``server.retry_after_s``;
+- restart: ``server`` host, port and body limit, ``limits.aging_s``, ``saturation_*``,
+  ``history_size`` and ``adaptive_concurrency`` (built into the core's queue order, fleet and
+  controllers), ``monitor`` (loops and thresholds), ``seed``, and ``prices`` (an instance's
+  price is fixed when it is registered: instances added or replaced from now on get the new
+  prices, the running ones keep theirs until a restart).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
 
 from vllm_control_plane.config import ControlPlaneConfig, InstanceConfig, SimulatedInstanceConfig
 
@@ -26,7 +41,44 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 AnyInstance = InstanceConfig | SimulatedInstanceConfig
-_STARTUP_ONLY = ("server", "limits", "monitor", "seed")
+
+LIVE, RESTART, OWN = "live", "restart", "own"
+Rule = str | dict[str, str]
+
+# How a change of each config key is carried out: LIVE (applied, listed under ``applied``),
+# RESTART (listed under ``restart_needed``), OWN (its own entry in the plan: instances, policy,
+# strategy). A dict rules a section field by field. Keys missing here count as RESTART.
+RELOAD_RULES: dict[str, Rule] = {
+    "server": {
+        "host": RESTART, "port": RESTART,
+        "max_body_bytes": RESTART,  # the HTTP server's own body limit is set when it starts
+        "shutdown_grace_s": LIVE, "retry_after_s": LIVE,  # read from the config when used
+    },
+    "admin": LIVE,
+    "tenants": LIVE,
+    "scheduling_policy": OWN,
+    "routing_strategy": OWN,
+    "limits": {
+        "max_queued": LIVE, "max_queued_per_priority": LIVE, "max_retries": LIVE,
+        "retry_backoff_s": LIVE, "hard_deadlines": LIVE, "drain_timeout_s": LIVE,
+        "aging_s": RESTART,  # in the keys the queue is ordered by
+        "saturation_waiting": RESTART, "saturation_kv": RESTART,  # held by the core's fleet
+        "history_size": RESTART,  # sizes the manager's result history
+        "adaptive_concurrency": RESTART,  # builds the core's concurrency controller
+    },
+    "monitor": RESTART,
+    "timeouts": LIVE,
+    "circuit": LIVE,
+    "retry_budget": LIVE,
+    "prices": RESTART,  # baked into each instance (and its cost meter) when it registers
+    "instances": OWN,
+    "simulated": OWN,
+    "seed": RESTART,
+}  # fmt: skip
+
+# CoreLimits fields the core reads through ``core.limits`` at each use (admission, retry).
+_LIVE_CORE_LIMITS = ("max_queued", "max_queued_per_priority", "max_retries", "retry_backoff_s",
+                     "hard_deadlines")  # fmt: skip
 
 
 @dataclass
@@ -38,7 +90,10 @@ class ReloadPlan:
     replace: list[AnyInstance] = field(default_factory=list)
     policy: str | None = None
     strategy: str | None = None
+    applied: list[str] = field(default_factory=list)
+    """Changed settings applied live (a section, or ``section.field``)."""
     restart_needed: list[str] = field(default_factory=list)
+    """Changed settings that take effect only after a restart."""
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -47,6 +102,7 @@ class ReloadPlan:
             "replaced": [_id(c) for c in self.replace],
             "scheduling_policy": self.policy,
             "routing_strategy": self.strategy,
+            "applied": list(self.applied),
             "restart_needed": list(self.restart_needed),
         }
 
@@ -78,11 +134,26 @@ def plan_reload(old: ControlPlaneConfig, new: ControlPlaneConfig) -> ReloadPlan:
         plan.policy = new.scheduling_policy
     if new.routing_strategy != old.routing_strategy:
         plan.strategy = new.routing_strategy
-    plan.restart_needed = [
-        key for key in _STARTUP_ONLY
-        if getattr(old, key) != getattr(new, key)
-    ]  # fmt: skip
+    for key in ControlPlaneConfig.model_fields:
+        before_value, after_value = getattr(old, key), getattr(new, key)
+        if before_value == after_value:
+            continue
+        rule = RELOAD_RULES.get(key, RESTART)
+        if isinstance(rule, dict):
+            assert isinstance(before_value, BaseModel) and isinstance(after_value, BaseModel)
+            for name in type(after_value).model_fields:
+                if getattr(before_value, name) != getattr(after_value, name):
+                    _classify(plan, f"{key}.{name}", rule.get(name, RESTART))
+        else:
+            _classify(plan, key, rule)
     return plan
+
+
+def _classify(plan: ReloadPlan, key: str, rule: str) -> None:
+    if rule == LIVE:
+        plan.applied.append(key)
+    elif rule != OWN:
+        plan.restart_needed.append(key)
 
 
 async def apply_reload(gw: Gateway, plan: ReloadPlan, new: ControlPlaneConfig) -> dict[str, Any]:
@@ -95,6 +166,7 @@ async def apply_reload(gw: Gateway, plan: ReloadPlan, new: ControlPlaneConfig) -
         gw.cp.update_policy(plan.policy)
     if plan.strategy is not None:
         gw.cp.router.routing_strategy = plan.strategy
+    _apply_settings(gw, plan, new)
     gw.config = new  # new instances take their prices and drain timeout from it
     for iid in plan.remove:
         gw.remove_instance(iid)
@@ -106,6 +178,33 @@ async def apply_reload(gw: Gateway, plan: ReloadPlan, new: ControlPlaneConfig) -
     if plan.restart_needed:
         log.warning("reload: %s changed; restart to apply", ", ".join(plan.restart_needed))
     return plan.summary()
+
+
+def _apply_settings(gw: Gateway, plan: ReloadPlan, new: ControlPlaneConfig) -> None:
+    """Carry out the live settings of ``plan.applied`` on the running control plane."""
+    cp = gw.cp
+    sections = {key.partition(".")[0] for key in plan.applied}
+    if "timeouts" in sections:
+        inner = getattr(gw.backend, "inner", gw.backend)
+        set_timeouts = getattr(inner, "set_timeouts", None)
+        current = getattr(inner, "timeouts", None)
+        if set_timeouts is None or current is None:  # a backend without run-time timeouts
+            plan.applied.remove("timeouts")
+            plan.restart_needed.append("timeouts")
+        else:  # (health and scrape timeouts belong to the monitor section)
+            t = new.timeouts
+            fresh = dataclasses.replace(current, connect=t.connect_s,
+                                        first_token=t.first_token_s, idle=t.idle_s)  # fmt: skip
+            set_timeouts(fresh)
+    if "circuit" in sections:
+        cp.breakers.config = new.circuit.to_runtime()  # read at every decision
+    if "retry_budget" in sections:
+        cp.retry_budget.reconfigure(new.retry_budget.to_runtime())
+    if "limits" in sections:
+        fresh = new.limits.to_core()
+        live = {name: getattr(fresh, name) for name in _LIVE_CORE_LIMITS}
+        cp.core.limits = dataclasses.replace(cp.core.limits, **live)
+        cp.drain_timeout_s = new.limits.drain_timeout_s
 
 
 async def _readd_when_gone(gw: Gateway, cfg: AnyInstance) -> None:

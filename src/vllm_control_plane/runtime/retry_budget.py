@@ -47,6 +47,12 @@ class RetryBudget:
         self._slices: deque[list[float]] = deque()  # [slice start, requests, retries]
         self.refused = 0  # retries the budget stopped since start
 
+    def reconfigure(self, config: RetryBudgetConfig) -> None:
+        """Switch to ``config`` (a config reload), keeping the counts already in the window: a
+        new ratio or floor applies to the traffic seen so far, so no fresh budget is handed out."""
+        self.config = config
+        self._width = config.window_s / config.buckets
+
     def on_request(self, now: float) -> None:
         self._slice(now)[1] += 1
 
