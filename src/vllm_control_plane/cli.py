@@ -26,10 +26,80 @@ def version() -> None:
     typer.echo(__version__)
 
 
+# Inline profile definitions of `vcp sim`: profile field -> flag, and the fields a definition needs.
+_MODEL_FLAGS = {
+    "params": "--model-params",
+    "num_layers": "--model-layers",
+    "num_kv_heads": "--model-kv-heads",
+    "head_dim": "--model-head-dim",
+    "num_heads": "--model-num-heads",
+    "hidden_size": "--model-hidden-size",
+    "context_len": "--model-context-len",
+    "dtype_bytes": "--model-dtype-bytes",
+}
+_MODEL_REQUIRED = ("params", "num_layers", "num_kv_heads", "head_dim")
+_GPU_FLAGS = {"flops": "--gpu-flops", "mem_bw": "--gpu-mem-bw", "mem_bytes": "--gpu-mem-bytes"}
+_MPANEL = "Inline model profile (define --model NAME)"
+_GPANEL = "Inline GPU profile (define --gpu NAME)"
+
+
+def _define_inline(
+    kind: str, option: str, name: str, values: dict[str, object], flags: dict[str, str],
+    required: tuple[str, ...],
+) -> None:  # fmt: skip
+    """Register the profile ``--model``/``--gpu NAME`` defined by flags (none given: nothing)."""
+    from vllm_control_plane.sim.profiles import define_gpu, define_model
+
+    given = {f: v for f, v in values.items() if v is not None}
+    if not given:
+        return
+    missing = [flags[f] for f in required if f not in given]
+    if missing:
+        needed = ", ".join(flags[f] for f in required)
+        raise ValueError(f"{option} {name}: an inline {kind} profile needs {needed} "
+                         f"(missing: {', '.join(missing)})")  # fmt: skip
+    define = define_model if kind == "model" else define_gpu
+    try:
+        define(name, **given)
+    except ValueError as e:
+        raise ValueError(f"{option} {name}: {e}") from None
+
+
 @app.command()
 def sim(
-    model: str = typer.Option("llama-3-8b", help="Model profile (e.g. llama-3-8b, llama-3-70b)."),
-    gpu: str = typer.Option("H100", help="GPU profile (H100, H200, A100-80G, L4, ...)."),
+    model: str = typer.Option(
+        "llama-3-8b", help="Model profile (e.g. llama-3-8b, llama-3-70b), or a name to define."
+    ),
+    gpu: str = typer.Option(
+        "H100", help="GPU profile (H100, H200, A100-80G, L4, ...), or a name to define."
+    ),
+    model_params: float | None = typer.Option(
+        None, min=1.0, help="Parameter count, e.g. 13e9.", rich_help_panel=_MPANEL
+    ),
+    model_layers: int | None = typer.Option(None, min=1, rich_help_panel=_MPANEL),
+    model_kv_heads: int | None = typer.Option(None, min=1, rich_help_panel=_MPANEL),
+    model_head_dim: int | None = typer.Option(None, min=1, rich_help_panel=_MPANEL),
+    model_num_heads: int | None = typer.Option(
+        None, min=1, help="Query heads (default: hidden/head dim).", rich_help_panel=_MPANEL
+    ),
+    model_hidden_size: int | None = typer.Option(
+        None, min=1, help="Residual width (default: heads x head_dim).", rich_help_panel=_MPANEL
+    ),
+    model_context_len: int | None = typer.Option(
+        None, min=2, help="Default max_model_len (default 4096).", rich_help_panel=_MPANEL
+    ),
+    model_dtype_bytes: int | None = typer.Option(
+        None, min=1, max=8, help="Bytes per weight / KV value (default 2).", rich_help_panel=_MPANEL
+    ),
+    gpu_flops: float | None = typer.Option(
+        None, min=1.0, help="Dense FLOP/s per device, e.g. 989e12.", rich_help_panel=_GPANEL
+    ),
+    gpu_mem_bw: float | None = typer.Option(
+        None, min=1.0, help="Memory bytes/s per device, e.g. 3.35e12.", rich_help_panel=_GPANEL
+    ),
+    gpu_mem_bytes: float | None = typer.Option(
+        None, min=1.0, help="Device memory in bytes, e.g. 80e9.", rich_help_panel=_GPANEL
+    ),
     tp: int = typer.Option(1, min=1, help="Tensor-parallel size."),
     pp: int = typer.Option(1, min=1, help="Pipeline-parallel size."),
     host: str = typer.Option("127.0.0.1", help="Address to bind."),
@@ -51,7 +121,7 @@ def sim(
         None, min=0.0, help="SSE chunk budget for coalescing (default 10000; 0: no limit)."
     ),
     fleet: Path | None = typer.Option(
-        None, help="Fleet YAML: run several servers; other server flags are ignored."
+        None, help="Fleet YAML: run several servers; other server and profile flags are ignored."
     ),
     fault_error_rate: float = typer.Option(0.0, min=0.0, max=1.0, help="Share of requests failed."),
     fault_error_status: int = typer.Option(500, min=400, max=599, help="Status of those errors."),
@@ -67,7 +137,12 @@ def sim(
     ),
     fault_startup_delay: float = typer.Option(0.0, min=0.0, help="Seconds before binding."),
 ) -> None:
-    """Serve vLLM's OpenAI API from simulated engines (one server, or a fleet file)."""
+    """Serve vLLM's OpenAI API from simulated engines (one server, or a fleet file).
+
+    --model NAME with --model-params, --model-layers, --model-kv-heads and --model-head-dim
+    defines a model profile on the spot (--gpu NAME with --gpu-flops, --gpu-mem-bw and
+    --gpu-mem-bytes a GPU); a name that is already a profile must match its shape.
+    """
     from vllm_control_plane.sim.faults import FaultConfig
     from vllm_control_plane.sim.fleet import FleetConfigError, load_fleet
     from vllm_control_plane.sim.launcher import SimFleet, SimServer, serve_until_signal
@@ -88,6 +163,19 @@ def sim(
                 midstream_error_after_tokens=fault_midstream_error_after_tokens,
                 startup_delay_s=fault_startup_delay,
             )
+            model_shape = {
+                "params": model_params,
+                "num_layers": model_layers,
+                "num_kv_heads": model_kv_heads,
+                "head_dim": model_head_dim,
+                "num_heads": model_num_heads,
+                "hidden_size": model_hidden_size,
+                "context_len": model_context_len,
+                "dtype_bytes": model_dtype_bytes,
+            }
+            gpu_shape = {"flops": gpu_flops, "mem_bw": gpu_mem_bw, "mem_bytes": gpu_mem_bytes}
+            _define_inline("GPU", "--gpu", gpu, gpu_shape, _GPU_FLAGS, tuple(_GPU_FLAGS))
+            _define_inline("model", "--model", model, model_shape, _MODEL_FLAGS, _MODEL_REQUIRED)
             spec = EngineSpec(
                 model=model,
                 gpu=gpu,

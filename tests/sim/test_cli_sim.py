@@ -121,3 +121,65 @@ def test_crash_exit_kills_the_process() -> None:
         ):
             r.read()
         assert proc.wait(timeout=10) == 1
+
+
+def _get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read())
+
+
+def _complete(url: str, model: str, n: int) -> dict:
+    body = json.dumps({"model": model, "prompt": "hi", "max_tokens": n, "ignore_eos": True})
+    req = urllib.request.Request(url + "/v1/completions", data=body.encode(),
+                                 headers={"Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def test_vcp_sim_inline_model_and_gpu_profiles() -> None:
+    """``--model NAME --model-params ...`` defines the profile it serves (context length from
+    ``--model-context-len``), ``--gpu NAME --gpu-flops ...`` the hardware."""
+    with vcp_sim("--model", "my-13b", "--model-params", "13e9", "--model-layers", "40",
+                 "--model-kv-heads", "40", "--model-head-dim", "128",
+                 "--model-context-len", "2048", "--gpu", "my-gpu", "--gpu-flops", "400e12",
+                 "--gpu-mem-bw", "2e12", "--gpu-mem-bytes", "48e9", "--port", "0",
+                 "--time-scale", "0.02") as (proc, lines):  # fmt: skip
+        assert "model=my-13b gpu=my-gpu" in lines[0], lines
+        url = _url(lines[0])
+        _wait_healthy(url)
+        (card,) = _get_json(url + "/v1/models")["data"]
+        assert card["id"] == "my-13b" and card["max_model_len"] == 2048
+        assert _complete(url, "my-13b", 5)["usage"]["completion_tokens"] == 5
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+
+
+def test_vcp_sim_fleet_file_defines_models_and_gpus(tmp_path: Path) -> None:
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(
+        "time_scale: 0.02\n"
+        "models:\n"
+        "  fleet-13b:\n"
+        "    params: 13e9          # PyYAML reads this as a string; it is coerced\n"
+        "    num_layers: 40\n"
+        "    num_kv_heads: 40\n"
+        "    head_dim: 128\n"
+        "    context_len: 2048\n"
+        "    aliases: [org/Fleet-13B]\n"
+        "gpus:\n"
+        "  fleet-gpu: {flops: 400.0e+12, mem_bw: 2.0e+12, mem_bytes: 48.0e+9}\n"
+        "servers:\n"
+        "  - {name: a, model: org/fleet-13b, gpu: fleet-gpu}\n"
+        "  - {name: b, model: llama-3-8b, max_model_len: 1024}\n"
+    )
+    with vcp_sim("--fleet", str(fleet), lines=2) as (proc, lines):
+        a, b = (_url(line) for line in lines)
+        assert "model=org/fleet-13b gpu=fleet-gpu" in lines[0], lines
+        _wait_healthy(a)
+        (card,) = _get_json(a + "/v1/models")["data"]
+        assert card["max_model_len"] == 2048 and card["root"] == "org/fleet-13b"
+        assert _complete(a, card["id"], 3)["usage"]["completion_tokens"] == 3
+        _wait_healthy(b)  # a built-in model next to the file's own
+        assert _get_json(b + "/v1/models")["data"][0]["max_model_len"] == 1024
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0

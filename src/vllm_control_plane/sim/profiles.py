@@ -5,7 +5,10 @@ FLOP/s, HBM bandwidth, memory) plus the efficiency and overhead constants of the
 a :class:`ModelProfile` holds a transformer's shape (parameters, layers, heads, head dim, context).
 Both live in case-insensitive registries with aliases (``get_gpu("h100-sxm")``,
 ``get_model("meta-llama/Meta-Llama-3-8B-Instruct")``); an unknown name raises ``ValueError``
-listing the known ones. Users add their own with :func:`register_model` / :func:`register_gpu`.
+listing the known ones. Users add their own with :func:`register_model` / :func:`register_gpu`,
+or with :func:`define_model` / :func:`define_gpu` (what the fleet file's ``models:`` / ``gpus:``
+sections and ``vcp sim --model-*`` / ``--gpu-*`` flags use): idempotent, and refusing a name that
+already names a profile of a different shape.
 
 Sources: GPU figures are NVIDIA datasheet values (dense, no sparsity); memory sizes are what
 ``nvidia-smi`` reports. Model shapes come from each model's Hugging Face ``config.json``. The
@@ -165,6 +168,81 @@ def _register(
     table[key] = profile
     for n in names:
         alias_table[n] = key
+
+
+def define_model(
+    name: str, *, aliases: tuple[str, ...] = (), register: bool = True, **shape: object
+) -> ModelProfile:
+    """A user-defined model profile from its shape (``params``, ``num_layers``, ``num_kv_heads``,
+    ``head_dim``, optionally any other :class:`ModelProfile` field), registered under ``name``.
+
+    Idempotent and strict: when ``name`` or an alias already names a profile, every field given
+    in ``shape`` must match it (the known profile is returned); otherwise ``ValueError`` says
+    which fields differ. ``register=False`` only checks (the fleet file validates this way).
+    """
+    profile = ModelProfile(name, aliases=tuple(aliases), **shape)  # type: ignore[arg-type]
+    if profile.heads % profile.num_kv_heads:
+        raise ValueError(f"model {name!r}: {profile.heads} query heads are not a multiple of "
+                         f"{profile.num_kv_heads} KV heads")  # fmt: skip
+    return _define(profile, shape, _MODELS, _MODEL_ALIASES, _BUILTIN_MODELS, "model", register)
+
+
+def define_gpu(
+    name: str, *, aliases: tuple[str, ...] = (), register: bool = True, **fields: object
+) -> GPUProfile:
+    """A user-defined GPU profile (``flops``, ``mem_bw``, ``mem_bytes``, optionally any other
+    :class:`GPUProfile` field); same rules as :func:`define_model`."""
+    profile = GPUProfile(name, aliases=tuple(aliases), **fields)  # type: ignore[arg-type]
+    return _define(profile, fields, _GPUS, _GPU_ALIASES, _BUILTIN_GPUS, "GPU", register)
+
+
+def _define(
+    profile: _P,
+    given: dict[str, object],
+    table: dict[str, _P],
+    alias_table: dict[str, str],
+    builtins: frozenset[str],
+    kind: str,
+    register: bool,
+) -> _P:
+    if not _key(profile.name):
+        raise ValueError(f"a {kind} profile needs a non-empty name")
+    names = [_key(profile.name), *(_key(a) for a in profile.aliases)]
+    if not all(names):
+        raise ValueError(f"{kind} {profile.name!r}: aliases must be non-empty")
+    known = sorted({alias_table[n] for n in names if n in alias_table})
+    if not known:
+        if register:
+            _register(profile, profile.aliases, table, alias_table, replace=False)
+        return profile
+    if len(known) > 1:
+        clash = ", ".join(table[k].name for k in known)
+        raise ValueError(f"{kind} {profile.name!r}: its name and aliases name different "
+                         f"profiles ({clash})")  # fmt: skip
+    old = table[known[0]]
+    diff = [
+        f"{f} {_fmt(v)} (it has {_fmt(getattr(old, f))})"
+        for f, v in given.items()
+        if not _same(v, getattr(old, f))
+    ]
+    if diff:
+        origin = "built-in" if known[0] in builtins else "already defined"
+        raise ValueError(f"{kind} {profile.name!r} clashes with the {origin} {kind} profile "
+                         f"{old.name!r} in a different shape: {'; '.join(diff)}")  # fmt: skip
+    if register:
+        for n in names:
+            alias_table.setdefault(n, known[0])
+    return old
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0)
+    return a == b
+
+
+def _fmt(v: object) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def get_gpu(name: str) -> GPUProfile:
@@ -354,3 +432,7 @@ register_model(
         aliases=("tiny", "tinyllama"),
     )
 )
+
+# What ships with the package; user definitions that clash with these say "built-in".
+_BUILTIN_GPUS = frozenset(_GPUS)
+_BUILTIN_MODELS = frozenset(_MODELS)
