@@ -9,10 +9,25 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from vllm_control_plane import tokenizer
 from vllm_control_plane.sim.launcher import SimServer
-from vllm_control_plane.sim.metrics import ITL_BUCKETS, REQUEST_LATENCY_BUCKETS, TTFT_BUCKETS
 from vllm_control_plane.sim.types import EngineSpec
 
 LABELS = {"model_name": "llama-3-8b", "engine": "0"}
+
+# vLLM v1's bucket boundaries, copied from vllm/v1/metrics/loggers.py (PrometheusStatLogger:
+# histogram_time_to_first_token, histogram_inter_token_latency, request_latency_buckets) rather
+# than imported from sim/metrics.py, so a wrong constant there fails this test.
+VLLM_TTFT_BUCKETS = [
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+]  # fmt: skip
+VLLM_ITL_BUCKETS = [
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+    40.0, 80.0,
+]  # fmt: skip
+VLLM_REQUEST_LATENCY_BUCKETS = [
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
+    240.0, 480.0, 960.0, 1920.0, 7680.0,
+]  # fmt: skip
 
 
 async def _scrape(srv: SimServer) -> dict[str, dict]:
@@ -86,11 +101,14 @@ async def test_metrics_match_requests(sim_server: SimServer) -> None:
 
 async def test_vllm_buckets_and_types(sim_server: SimServer) -> None:
     m = await _scrape(sim_server)
-    assert _buckets(m, "vllm:time_to_first_token_seconds") == list(TTFT_BUCKETS)
-    assert _buckets(m, "vllm:inter_token_latency_seconds") == list(ITL_BUCKETS)
-    assert _buckets(m, "vllm:e2e_request_latency_seconds") == list(REQUEST_LATENCY_BUCKETS)
-    assert _buckets(m, "vllm:request_queue_time_seconds") == list(REQUEST_LATENCY_BUCKETS)
-    assert TTFT_BUCKETS[0] == 0.001 and TTFT_BUCKETS[-1] == 2560.0
+    assert _buckets(m, "vllm:time_to_first_token_seconds") == VLLM_TTFT_BUCKETS
+    assert _buckets(m, "vllm:inter_token_latency_seconds") == VLLM_ITL_BUCKETS
+    assert _buckets(m, "vllm:e2e_request_latency_seconds") == VLLM_REQUEST_LATENCY_BUCKETS
+    assert _buckets(m, "vllm:request_queue_time_seconds") == VLLM_REQUEST_LATENCY_BUCKETS
+    # vLLM gives its phase histograms the request-latency buckets too.
+    for phase in ("inference", "prefill", "decode"):
+        family = f"vllm:request_{phase}_time_seconds"
+        assert _buckets(m, family) == VLLM_REQUEST_LATENCY_BUCKETS, family
     assert m["vllm:num_requests_running"]["type"] == "gauge"
     assert m["vllm:prompt_tokens"]["type"] == "counter"
     assert m["vllm:e2e_request_latency_seconds"]["type"] == "histogram"
@@ -109,6 +127,7 @@ async def test_legacy_metric_names(sim_spec: EngineSpec) -> None:
         assert name not in m, name
     assert _value(m, "vllm:time_per_output_token_seconds",
                   "vllm:time_per_output_token_seconds_count") == 3  # fmt: skip
+    assert _buckets(m, "vllm:time_per_output_token_seconds") == VLLM_ITL_BUCKETS
 
 
 async def test_servers_in_one_process_do_not_share_series(sim_spec: EngineSpec) -> None:

@@ -6,6 +6,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
 from vllm_control_plane import tokenizer
 from vllm_control_plane.sim.api_models import VLLM_VERSION
@@ -149,3 +150,42 @@ async def test_coalescing_keeps_counts_exact(sim_spec: EngineSpec) -> None:
     assert len(content) == 2
     text = "".join(f["choices"][0]["text"] for f in content)
     assert tokenizer.count_tokens(text) == 40 == frames[-1]["usage"]["completion_tokens"]
+
+
+async def _ttft_count(srv: SimServer) -> float:
+    """``vllm:time_to_first_token_seconds_count``: the server observes a TTFT when the engine
+    step that produced a request's first token ends (in wall time), before anything is sent."""
+    async with aiohttp.ClientSession() as s, s.get(srv.url + "/metrics") as r:
+        text = await r.text()
+    for fam in text_string_to_metric_families(text):
+        if fam.name == "vllm:time_to_first_token_seconds":
+            return next(x.value for x in fam.samples if x.name.endswith("_count"))
+    raise AssertionError("no TTFT histogram")
+
+
+async def test_chat_role_frame_arrives_with_the_first_token() -> None:
+    """The role frame is not sent when the stream opens but with the first token, after prefill:
+    the headers arrive while the prompt is still being prefilled (no TTFT observed yet), and the
+    first body read already holds the role frame *and* the first content frame, by which time
+    the server has observed the TTFT (the first-token step has ended)."""
+    spec = EngineSpec(model="llama-3-8b", gpu="H100", seed=1)
+    # ~2K prompt tokens: ~60 ms of prefill on an H100, 0.3 s of wall time at time scale 5.
+    words = " ".join(f"w{i % 97}" for i in range(1000))
+    body = {"messages": [{"role": "user", "content": words}], "max_tokens": 3, "stream": True,
+            "ignore_eos": True}  # fmt: skip
+    async with (
+        SimServer(spec, time_scale=5.0) as srv,
+        aiohttp.ClientSession() as s,
+        s.post(srv.url + "/v1/chat/completions", json=body) as r,
+    ):
+        assert r.status == 200  # headers are out: the stream is open
+        assert srv.engine.num_unfinished == 1  # the request is in the engine
+        assert await _ttft_count(srv) == 0  # ... and no first token yet
+        first = await r.content.readany()
+        assert await _ttft_count(srv) == 1  # the role frame came after the first token
+        frames = [orjson.loads(f[6:]) for f in first.split(b"\n\n") if f]
+        assert len(frames) >= 2, first  # role and first content frame in one write
+        assert frames[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+        assert frames[1]["choices"][0]["delta"]["content"]
+        rest = await r.read()
+    assert (first + rest).endswith(b"data: [DONE]\n\n")
