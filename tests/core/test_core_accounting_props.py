@@ -2,7 +2,8 @@
 
 After every step: submitted = completed + failed + cancelled + rejected + timeout + in_flight;
 every live request is counted where it is (queue or instance); no instance holds more than its
-concurrency budget; finished requests never come back to life.
+concurrency budget; finished requests never come back to life; a queued retry always has an
+instance in rotation it has not failed on.
 """
 
 from __future__ import annotations
@@ -104,6 +105,11 @@ class CoreMachine(RuleBasedStateMachine):
         if iid in {i.instance_id for i in self.core.instances()}:
             self.core.set_health(iid, healthy, self.now)
 
+    @rule(iid=st.sampled_from(INSTANCES), drain=st.booleans())
+    def drain_or_resume(self, iid: str, drain: bool) -> None:
+        if iid in {i.instance_id for i in self.core.instances()}:
+            (self.core.drain_instance if drain else self.core.resume_instance)(iid)
+
     @rule(iid=st.sampled_from(INSTANCES))
     def add_or_remove(self, iid: str) -> None:
         if iid in {i.instance_id for i in self.core.instances()}:
@@ -131,6 +137,19 @@ class CoreMachine(RuleBasedStateMachine):
         for inst in self.core.instances():
             assert inst.active_requests <= inst.max_concurrent_requests
         assert self.core.summary(self.now)["pending_requests"] == len(self.live(S.QUEUED))
+
+    @invariant()
+    def queued_retries_have_somewhere_to_go(self) -> None:
+        """A retry waits only while an instance in rotation it has not failed on exists."""
+        for rid in self.live(S.QUEUED):
+            rec = self.core.record(rid)
+            if rec.excluded:
+                assert any(
+                    i.is_healthy and i.is_available and i.instance_id not in rec.excluded
+                    for i in self.core.instances()
+                    if i.model_name == rec.model_name
+                ), (rid, rec.excluded, [(i.instance_id, i.is_healthy, i.is_available)
+                                        for i in self.core.instances()])  # fmt: skip
 
 
 TestCoreMachine = CoreMachine.TestCase

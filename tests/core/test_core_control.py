@@ -187,16 +187,20 @@ def test_no_head_of_line_blocking_across_models() -> None:
 
 def test_a_request_only_excluded_instances_could_take_does_not_block_others() -> None:
     c = core(max_retries=3, retry_backoff_s=0.0)
+    c.add_instance(instance("b", max_concurrent_requests=1))
+    c.submit(request("busy"), 0.0, prompt_tokens=8)
     c.add_instance(instance("a", max_concurrent_requests=5))
-    c.add_instance(instance("b", max_concurrent_requests=5))
     c.submit(request("r"), 0.0, prompt_tokens=8)
-    assert c.next_dispatches(0.0)[0].instance_id == "a"
-    assert c.on_failed("r", 0.0, "boom", retryable=True)
-    c.drain_instance("b")  # the only instance r may retry on is draining
+    placed = {d.request_id: d.instance_id for d in c.next_dispatches(0.0)}
+    assert placed == {"busy": "b", "r": "a"}
+    assert c.on_failed("r", 0.0, "boom", retryable=True)  # the only instance r may retry on is full
     for k in range(3):
         c.submit(request(f"x{k}"), 0.0, prompt_tokens=8)
     ids = [x.request_id for x in c.next_dispatches(0.0)]
     assert ids == ["x0", "x1", "x2"] and c.status("r") is S.QUEUED
+    c.on_complete("busy", 0.1, prompt_tokens=8, completion_tokens=4, finish_reason="stop")
+    retry = c.next_dispatches(0.1)
+    assert [(d.request_id, d.instance_id, d.attempt) for d in retry] == [("r", "b", 2)]
 
 
 def test_retry_goes_to_another_instance_and_is_bounded() -> None:

@@ -22,6 +22,7 @@ from tests.reliability.faultkit import (
 )
 
 from vllm_control_plane.backends.base import Timeouts
+from vllm_control_plane.core.core import NO_RETRY_TARGET
 from vllm_control_plane.manager import RequestError
 from vllm_control_plane.runtime.circuit import CircuitState
 from vllm_control_plane.sim.faults import FaultConfig
@@ -241,7 +242,7 @@ async def test_hang_without_another_instance_fails_with_the_timeout(servers, mak
     got = await results(cp, await submit_all(cp, [req("only")]))
     r = got["only"]
     assert r.status is S.FAILED and "first token timeout (0.2 s)" in r.error
-    assert "no other instance to retry on" in r.error
+    assert NO_RETRY_TARGET in r.error
     assert_identity(cp)
     await assert_quiet(backend, [a])
 

@@ -72,6 +72,10 @@ _NO_OBSERVE = SchedulingPolicy.observe  # the base hook: learns nothing, needs n
 
 __all__ = ["CancelResult", "ControlCore", "CoreLimits", "Dispatch"]
 
+# Why a request that failed before its first token is not retried when no instance is left for
+# it: the retry goes only to instances in rotation that it has not failed on (docs/concepts.md).
+NO_RETRY_TARGET = "no other healthy instance to retry on"
+
 
 @dataclass(frozen=True, slots=True)
 class Dispatch:
@@ -141,6 +145,9 @@ class ControlCore:
         self._concurrency = ConcurrencyController(adaptive) if adaptive is not None else None
         self._live: dict[str, RequestRecord] = {}
         self._history: OrderedDict[str, RequestRecord] = OrderedDict()
+        # Queued retries (requeued after a failure, not yet re-dispatched): checked whenever an
+        # instance leaves rotation, so none waits for an instance that cannot take it.
+        self._retrying: dict[str, RequestRecord] = {}
         self._on_instance: dict[str, set[str]] = {}
         self._meter = CostMeter()
         self._acct = Accounting(self.limits.metrics_window, self.limits.rate_window_s)
@@ -208,12 +215,14 @@ class ControlCore:
         self._queue.wake_all()
         if not self._fleet.serves(inst.model_name):
             self._reject_orphans(inst.model_name, self._now)
+        self._fail_stranded_retries(self._now)
         return running
 
     def drain_instance(self, instance_id: str) -> list[str]:
         """No new dispatches to the instance; returns the requests still running there."""
         self._set(instance_id, is_available=False)
         self._queue.wake_all()
+        self._fail_stranded_retries(self._now)
         return self.requests_on(instance_id)
 
     def resume_instance(self, instance_id: str) -> None:
@@ -227,6 +236,8 @@ class ControlCore:
         self._set(instance_id, is_healthy=healthy)
         if changed:
             self._queue.wake_all()
+            if not healthy:
+                self._fail_stranded_retries(now)
 
     def update_load(
         self, instance_id: str, running: int, waiting: int, kv_usage: float, now: float
@@ -571,6 +582,8 @@ class ControlCore:
         now: float,
     ) -> None:
         rec.transition(_S.SCHEDULED, now, decision.reason)
+        if rec.excluded:
+            self._retrying.pop(rec.request_id, None)
         rec.instance_id, rec.decision, rec.prediction = inst.instance_id, decision, pred
         rec.scheduled_at, rec.started_at = now, None
         inst.active_requests += 1
@@ -690,11 +703,16 @@ class ControlCore:
             return "not retryable"
         if rec.retries >= self.limits.max_retries:
             return f"retries exhausted ({rec.retries})"
-        tried = rec.excluded | {rec.instance_id}
-        others = self._fleet.serving(rec.model_name, rec.request.parallelism_hint)
-        if not any(i.instance_id not in tried for i in others):
-            return "no other instance to retry on"
+        assert rec.instance_id is not None
+        if not self._retry_targets(rec, rec.excluded | {rec.instance_id}):
+            return NO_RETRY_TARGET
         return None
+
+    def _retry_targets(self, rec: RequestRecord, tried: set[str]) -> bool:
+        """Is an instance in rotation (healthy, not draining) that this request has not failed
+        on? Registered instances out of rotation do not count: a retry waiting for one of them
+        could wait forever."""
+        return bool(self._fleet.usable(rec.model_name, rec.request.parallelism_hint, tried))
 
     def _requeue_retry(self, rec: RequestRecord, iid: str, error: str, now: float) -> None:
         rec.excluded.add(iid)
@@ -704,7 +722,22 @@ class ControlCore:
         reason = f"retry {rec.retries}/{self.limits.max_retries} after failure on {iid}: {error}"
         rec.transition(_S.QUEUED, now, reason)
         self._queue.push(rec, now)
+        self._retrying[rec.request_id] = rec
         self._acct.on_retry()
+
+    def _fail_stranded_retries(self, now: float) -> None:
+        """An instance left rotation: a queued retry none of whose remaining instances (those it
+        has not failed on) is in rotation any more ends FAILED now, with its last error — the
+        same rule as at the failure itself, so a retry never outlives every possible target."""
+        for rec in [r for r in self._retrying.values() if not self._retry_targets(r, r.excluded)]:
+            self._queue.remove(rec)
+            self._finish(
+                rec,
+                _S.FAILED,
+                now,
+                f"failed on {rec.instance_id}: {rec.error} ({NO_RETRY_TARGET}: the others left "
+                "rotation before the retry could start)",
+            )
 
     def retry_delay(self, retry: int) -> float:
         """Backoff before retry number ``retry`` (1, 2, ...): exponential from
@@ -813,6 +846,8 @@ class ControlCore:
         """Terminal bookkeeping, exactly once per request."""
         rec.transition(status, now, reason)
         del self._live[rec.request_id]
+        if rec.excluded:
+            self._retrying.pop(rec.request_id, None)
         self._history[rec.request_id] = rec
         while len(self._history) > self.limits.history_size:
             self._history.popitem(last=False)

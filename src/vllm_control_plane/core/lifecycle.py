@@ -11,7 +11,8 @@ a wrong counter later.
        │          │  ▲         │  │         │
        │          │  └─(retry)─┘  └─(retry)─┤ (retry only before the first token)
        ▼          ▼                         ▼
-    REJECTED   REJECTED (shed) / CANCELLED / TIMEOUT      FAILED / CANCELLED / TIMEOUT
+    REJECTED   REJECTED (shed) / CANCELLED / TIMEOUT /    FAILED / CANCELLED / TIMEOUT
+               FAILED (a retry left without an instance)
 
 Every terminal state is final. A record carries the timings the metrics are computed from
 (``submitted_at`` … ``finished_at``, seconds on the core's clock) and the reason of its last
@@ -34,8 +35,9 @@ _S = RequestStatus
 
 TRANSITIONS: dict[RequestStatus, frozenset[RequestStatus]] = {
     _S.PENDING: frozenset({_S.QUEUED, _S.REJECTED}),
-    # QUEUED → REJECTED is load shedding (queue full) or a budget that can no longer be met.
-    _S.QUEUED: frozenset({_S.SCHEDULED, _S.CANCELLED, _S.REJECTED, _S.TIMEOUT}),
+    # QUEUED → REJECTED is load shedding (queue full) or a budget that can no longer be met;
+    # QUEUED → FAILED a retry whose every remaining instance left rotation while it waited.
+    _S.QUEUED: frozenset({_S.SCHEDULED, _S.CANCELLED, _S.REJECTED, _S.TIMEOUT, _S.FAILED}),
     # SCHEDULED → QUEUED and RUNNING → QUEUED are retries after a failure before the first token.
     _S.SCHEDULED: frozenset({_S.RUNNING, _S.QUEUED, _S.FAILED, _S.CANCELLED, _S.TIMEOUT}),
     _S.RUNNING: frozenset({_S.QUEUED, _S.COMPLETED, _S.FAILED, _S.CANCELLED, _S.TIMEOUT}),
