@@ -268,13 +268,18 @@ class ControlPlaneManager:
         """Admit (or reject) a request and return its id at once; the result comes later.
 
         ``hard_deadline`` (default: ``limits.hard_deadlines``) makes ``slo_deadline_ms`` a hard
-        bound: the request ends TIMEOUT when it passes, queued or running."""
+        bound: the request ends TIMEOUT when it passes, queued or running.
+
+        A ``request_id`` of a live request, or of one that completed and is still remembered,
+        raises :class:`~vllm_control_plane.core.core.DuplicateRequestId` (a ``ValueError``)
+        and changes nothing; the id of a request that ended without completing may be
+        submitted again (a retry; it replaces the old result)."""
         if self._stopping:
             raise RuntimeError("the control plane is stopping; no new requests")
         prepared = prepare_prompt(request)
         handle = RequestHandle(request.request_id)
         now = self._now()
-        record = self.core.submit(  # a live duplicate request_id raises ValueError here
+        record = self.core.submit(  # a taken request_id raises DuplicateRequestId here
             request,
             now,
             prompt_tokens=prepared.prompt_tokens,

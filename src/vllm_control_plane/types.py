@@ -76,6 +76,23 @@ class ParallelismType(str, enum.Enum):
     DP = "dp"
     EP = "ep"
 
+    @classmethod
+    def parse(cls, value: str | ParallelismType) -> ParallelismType:
+        """Accept a member, its value or a member name, case-insensitively ("tp", "TP",
+        "tensor_parallel"); anything else is a ``ValueError`` listing the valid values."""
+        if isinstance(value, ParallelismType):
+            return value
+        text = str(value).strip()
+        try:
+            return cls(text.lower())
+        except ValueError:
+            pass
+        try:
+            return cls[text.upper()]
+        except KeyError:
+            valid = ", ".join(m.value for m in cls)  # aliases share values: each listed once
+            raise ValueError(f"unknown parallelism_hint {value!r}; valid: {valid}") from None
+
 
 @dataclass
 class ExecutionInstance:
@@ -212,10 +229,8 @@ class RequestMetadata:
             raise ValueError(f"cost_budget must be >= 0, got {self.cost_budget}")
         if self.prompt is not None and self.messages is not None:
             raise ValueError("give either prompt or messages, not both")
-        if self.parallelism_hint is not None and not isinstance(
-            self.parallelism_hint, ParallelismType
-        ):
-            self.parallelism_hint = ParallelismType(str(self.parallelism_hint).lower())
+        if self.parallelism_hint is not None:
+            self.parallelism_hint = ParallelismType.parse(self.parallelism_hint)
 
     @property
     def affinity_key(self) -> str | None:

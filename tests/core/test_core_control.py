@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from core_harness import FirstCandidate, VirtualFleet, instance, request
 
-from vllm_control_plane.core.core import ControlCore
+from vllm_control_plane.core.core import ControlCore, DuplicateRequestId
 from vllm_control_plane.core.lifecycle import IllegalTransition
 from vllm_control_plane.core.limits import CoreLimits
 from vllm_control_plane.types import ParallelismType, RequestPriority, RequestStatus
@@ -60,20 +60,46 @@ def test_duplicate_live_request_id_raises_and_changes_nothing() -> None:
     c.add_instance(instance("a"))
     c.submit(request("dup"), 0.0, prompt_tokens=8)
     before = c.counters()
-    with pytest.raises(ValueError, match="already in flight"):
+    with pytest.raises(DuplicateRequestId, match="already in flight") as refused:
         c.submit(request("dup"), 0.1, prompt_tokens=8)
+    assert refused.value.live and refused.value.status is S.QUEUED
     assert c.counters() == before and c.status("dup") is S.QUEUED
     identity(c)
 
 
-def test_finished_id_may_be_resubmitted() -> None:
-    c = core()
+def test_an_id_whose_request_ended_without_an_answer_may_be_resubmitted() -> None:
+    c = core(max_queued=1)
     c.add_instance(instance("a"))
     c.submit(request("x"), 0.0, prompt_tokens=8)
     c.cancel("x", 0.1)
-    c.submit(request("x"), 0.2, prompt_tokens=8)
+    c.submit(request("x"), 0.2, prompt_tokens=8)  # cancelled: the client retries it
     assert c.status("x") is S.QUEUED
-    assert c.counters().submitted == 2
+    assert c.submit(request("y"), 0.3, prompt_tokens=8).status is S.REJECTED  # queue full
+    c.next_dispatches(0.4)
+    assert c.submit(request("y"), 0.5, prompt_tokens=8).status is S.QUEUED  # retried later
+    assert c.counters().submitted == 4 and c.counters().cancelled == 1
+    assert c.counters().rejected == 1
+    identity(c)
+
+
+def test_a_completed_id_is_refused_while_its_result_is_kept() -> None:
+    c = core(history_size=2)
+    c.add_instance(instance("a"))
+    c.submit(request("x"), 0.0, prompt_tokens=8)
+    c.next_dispatches(0.0)
+    c.on_complete("x", 0.1, prompt_tokens=8, completion_tokens=3, finish_reason="stop")
+    first = c.record("x")
+    before = c.counters()
+    with pytest.raises(DuplicateRequestId, match="'x' already completed") as refused:
+        c.submit(request("x"), 0.2, prompt_tokens=8)
+    assert isinstance(refused.value, ValueError) and not refused.value.live
+    assert refused.value.status is S.COMPLETED and "last 2 finished" in str(refused.value)
+    assert c.record("x") is first and c.counters() == before  # nothing replaced, nothing counted
+    for rid in ("y", "z"):  # two more finish: x leaves the bounded history...
+        c.submit(request(rid), 0.3, prompt_tokens=8)
+        c.cancel(rid, 0.3)
+    assert not c.knows("x")
+    assert c.submit(request("x"), 0.4, prompt_tokens=8).status is S.QUEUED  # ...and is free
     identity(c)
 
 

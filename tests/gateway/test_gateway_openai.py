@@ -269,6 +269,34 @@ async def test_duplicate_request_id_is_409(start_gateway, http) -> None:
     assert (await first)[0] == 200
 
 
+async def test_request_id_of_a_completed_request_is_409_and_a_failed_one_may_retry(
+    start_gateway, http
+) -> None:
+    gw = await start_gateway()
+    url = gw.url + "/v1/chat/completions"
+    body = {"model": "llama-3-8b", "messages": CHAT, "max_tokens": 4}
+    status, _, first = await _post(http, url, body, headers={"X-Request-Id": "done-1"})
+    assert status == 200
+    for stream in (False, True):  # re-sent after completion: a clear 409, streamed or not
+        again = {**body, "stream": stream}
+        status, headers, payload = await _post(http, url, again, headers={"X-Request-Id": "done-1"})
+        assert status == 409, payload
+        assert payload["error"]["code"] == "duplicate_request_id"
+        assert payload["error"]["param"] == "X-Request-Id" and payload["error"]["type"]
+        assert "already completed" in payload["error"]["message"]
+        assert headers["X-Request-Id"] == "done-1" and headers["X-Should-Retry"] == "false"
+    rec = gw.gateway.cp.core.record("done-1")  # the first answer is kept, not replaced
+    assert rec.status.value == "completed" and rec.completion_tokens == first["usage"][
+        "completion_tokens"]  # fmt: skip
+    # an id whose request did not complete (here: refused over its cost budget) may be re-sent
+    tight = {"X-Request-Id": "retry-1", "X-Cost-Budget": "0.000000000001"}
+    status, _, payload = await _post(http, url, body, headers=tight)
+    assert status == 400 and payload["error"]["code"] == "cost_budget_exceeded"
+    assert gw.gateway.cp.core.status("retry-1").value == "rejected"
+    status, _, _ = await _post(http, url, body, headers={"X-Request-Id": "retry-1"})
+    assert status == 200 and gw.gateway.cp.core.status("retry-1").value == "completed"
+
+
 async def test_queue_full_429_sheds_lowest_priority_first(start_gateway, http) -> None:
     gw = await start_gateway(
         simulated=[sim("one", time_scale=1.0, max_concurrent_requests=1)],

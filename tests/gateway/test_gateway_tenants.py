@@ -89,6 +89,12 @@ async def test_request_ids_are_per_tenant(start_gateway, http) -> None:
     status, headers, payload = await long
     assert status == 503 and headers["X-Request-Id"] == "abc"
     assert payload["error"]["code"] == "request_cancelled"
+    # globex's "abc" completed: globex re-sending it is refused, acme (cancelled) may retry
+    status, _, payload = await _post(http, gw.url, "globex", **{"X-Request-Id": "abc"})
+    assert status == 409 and "already completed" in payload["error"]["message"]
+    assert "globex/" not in payload["error"]["message"]
+    status, headers, _ = await _post(http, gw.url, "acme", **{"X-Request-Id": "abc"})
+    assert status == 200 and headers["X-Request-Id"] == "abc"
 
 
 async def test_streams_echo_the_clients_id(start_gateway, http) -> None:

@@ -17,6 +17,7 @@ from vllm_control_plane import (
     RequestPriority,
     RequestStatus,
 )
+from vllm_control_plane.core.core import DuplicateRequestId
 from vllm_control_plane.sim.launcher import SimServer
 from vllm_control_plane.sim.types import EngineSpec
 
@@ -188,6 +189,41 @@ async def test_bad_input_is_a_clear_error_or_rejection(cp: ControlPlaneManager):
         cp.register_instance(ExecutionInstance(instance_id="a", port=1))
     c = cp.core.counters()
     assert c.rejected == 2
+
+
+async def test_a_completed_request_id_cannot_be_reused(cp: ControlPlaneManager):
+    await cp.submit_request(RequestMetadata(request_id="once", max_tokens=4, ignore_eos=True))
+    first = await cp.get_result("once", timeout=10)
+    assert first.status is RequestStatus.COMPLETED
+    before = cp.core.counters()
+    with pytest.raises(DuplicateRequestId, match="'once' already completed") as refused:
+        await cp.submit_request(RequestMetadata(request_id="once", max_tokens=9))
+    assert isinstance(refused.value, ValueError) and not refused.value.live
+    # nothing was replaced or counted: the first result is still the id's answer
+    again = await cp.get_result("once")
+    assert again.completion_tokens == 4 and again.text == first.text
+    assert cp.core.counters() == before
+    assert await cp.get_request_status("once") is RequestStatus.COMPLETED
+
+
+async def test_an_id_whose_request_did_not_complete_may_be_retried(cp: ControlPlaneManager):
+    await cp.submit_request(RequestMetadata(request_id="again", model_name="gpt-17"))
+    assert (await cp.get_result("again")).status is RequestStatus.REJECTED
+    await cp.submit_request(RequestMetadata(request_id="again", max_tokens=3, ignore_eos=True))
+    retried = await cp.get_result("again", timeout=10)
+    assert retried.status is RequestStatus.COMPLETED and retried.completion_tokens == 3
+    assert await cp.get_request_status("again") is RequestStatus.COMPLETED
+    c = cp.core.counters()
+    assert (c.submitted, c.rejected, c.completed, c.in_flight) == (2, 1, 1, 0)
+
+
+def test_unknown_parallelism_hint_lists_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match=r"'bogus'; valid: tp, pp, dp, ep, hybrid$"):
+        RequestMetadata(request_id="p", parallelism_hint="bogus")  # type: ignore[arg-type]
+    for spelled in ("tp", "TP", "tensor_parallel", ParallelismType.TP):
+        hint = RequestMetadata(request_id="p", parallelism_hint=spelled).parallelism_hint  # type: ignore[arg-type]
+        assert hint is ParallelismType.TENSOR_PARALLEL
+    assert ParallelismType.parse(" Hybrid ") is ParallelismType.HYBRID
 
 
 async def test_stream_of_rejected_request_raises(cp: ControlPlaneManager):

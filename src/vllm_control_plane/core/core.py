@@ -70,7 +70,7 @@ from vllm_control_plane.types import (
 _S = RequestStatus
 _NO_OBSERVE = SchedulingPolicy.observe  # the base hook: learns nothing, needs no signals
 
-__all__ = ["CancelResult", "ControlCore", "CoreLimits", "Dispatch"]
+__all__ = ["CancelResult", "ControlCore", "CoreLimits", "Dispatch", "DuplicateRequestId"]
 
 # Why a request that failed before its first token is not retried when no instance is left for
 # it: the retry goes only to instances in rotation that it has not failed on (docs/concepts.md).
@@ -88,6 +88,24 @@ class Dispatch:
     prompt_tokens: int
     output_tokens: int  # the estimate's output length (max_tokens or the default)
     attempt: int  # 1 on the first dispatch, 2 after one retry, ...
+
+
+class DuplicateRequestId(ValueError):
+    """``submit`` of a ``request_id`` that is taken: a live request has it (``live``), or a
+    request that completed still has it in the finished history. Nothing changed."""
+
+    def __init__(self, request_id: str, status: RequestStatus, *, live: bool, kept: int) -> None:
+        if live:
+            message = f"request {request_id!r} is already in flight ({status.value})"
+        else:
+            message = (
+                f"request {request_id!r} already completed; the id of a completed request "
+                f"cannot be reused while its result is kept (the last {kept} finished requests)"
+            )
+        super().__init__(message)
+        self.request_id = request_id
+        self.status = status
+        self.live = live
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,15 +329,18 @@ class ControlCore:
 
         ``hard_deadline`` (default ``limits.hard_deadlines``) makes ``slo_deadline_ms`` hard: the
         request times out if still queued at its deadline and is refused when no instance can
-        meet it. A live duplicate ``request_id`` raises ``ValueError`` and changes nothing.
+        meet it.
+
+        Request ids: an id in use by a live request, or by a request that COMPLETED and is still
+        in the finished history (``limits.history_size``), raises :class:`DuplicateRequestId` (a
+        ``ValueError``) and changes nothing — a completed result is never replaced. An id whose
+        request ended without an answer (rejected, failed, cancelled, timed out) may be
+        submitted again: that is the client's retry, and the new request replaces the old
+        record (both stay counted).
         """
         if prompt_tokens < 1:
             raise ValueError(f"prompt_tokens must be >= 1, got {prompt_tokens}")
-        live = self._live.get(req.request_id)
-        if live is not None:
-            raise ValueError(
-                f"request {req.request_id!r} is already in flight ({live.status.value})"
-            )
+        self._check_id_free(req.request_id)
         self._tick(now)
         rec = self._new_record(req, now, prompt_tokens, prompt_text, block_hashes, hard_deadline)
         self._history.pop(req.request_id, None)
@@ -332,6 +353,16 @@ class ControlCore:
             rec.transition(_S.QUEUED, now, "queued")
             self._queue.push(rec, now)
         return rec
+
+    def _check_id_free(self, request_id: str) -> None:
+        live = self._live.get(request_id)
+        if live is not None:
+            raise DuplicateRequestId(request_id, live.status, live=True, kept=0)
+        done = self._history.get(request_id)
+        if done is not None and done.status is _S.COMPLETED:
+            raise DuplicateRequestId(
+                request_id, done.status, live=False, kept=self.limits.history_size
+            )
 
     def _new_record(
         self,
@@ -873,7 +904,8 @@ class ControlCore:
         return request_id in self._live or request_id in self._history
 
     def is_live(self, request_id: str) -> bool:
-        """Is the id submitted and not yet ended (a resubmission would raise)?"""
+        """Is the id submitted and not yet ended? (A resubmission would raise, as would one of
+        a completed id still in the history.)"""
         return request_id in self._live
 
     def status(self, request_id: str) -> RequestStatus:

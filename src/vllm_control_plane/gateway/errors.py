@@ -101,10 +101,16 @@ def rate_limited(message: str, code: str, retry_after_s: int) -> GatewayError:
     return GatewayError(429, message, code, headers={"Retry-After": str(retry_after_s)})
 
 
-def duplicate_request_id(client_id: str) -> GatewayError:
-    """The caller already has a live request with this ``X-Request-Id`` (ids are per tenant)."""
-    return GatewayError(409, f"A request with X-Request-Id {client_id!r} is still in flight.",
-                        "duplicate_request_id", "X-Request-Id",
+def duplicate_request_id(client_id: str, live: bool = True) -> GatewayError:
+    """The caller already has a live request with this ``X-Request-Id`` (ids are per tenant), or
+    one that completed and whose result is still kept (``live=False``)."""
+    message = (
+        f"A request with X-Request-Id {client_id!r} is still in flight."
+        if live
+        else f"A request with X-Request-Id {client_id!r} already completed; "
+        "send a new X-Request-Id for a new request."
+    )
+    return GatewayError(409, message, "duplicate_request_id", "X-Request-Id",
                         headers={"X-Should-Retry": "false"})  # fmt: skip
 
 

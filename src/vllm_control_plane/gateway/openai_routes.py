@@ -28,6 +28,7 @@ import orjson
 from aiohttp import web
 
 from vllm_control_plane.backends.base import TokenChunk
+from vllm_control_plane.core.core import DuplicateRequestId
 from vllm_control_plane.gateway.errors import (
     GatewayError,
     bad_request,
@@ -108,8 +109,10 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
     try:
         try:
             await gw.cp.submit_request(meta, hard_deadline=creq.hard_deadline)
-        except ValueError:  # a live request of this caller has the same X-Request-Id
-            raise duplicate_request_id(creq.client_id) from None
+        except DuplicateRequestId as e:  # this caller's X-Request-Id is live or completed
+            raise duplicate_request_id(creq.client_id, e.live) from None
+        except ValueError as e:  # any other refusal of the request itself
+            raise bad_request(str(e)) from None
         handle = gw.cp.handle(meta.request_id)
         if creq.stream:
             return await _stream(gw, request, creq, handle)

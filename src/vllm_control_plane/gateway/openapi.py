@@ -93,8 +93,9 @@ _MODELS: list[type[BaseModel]] = [
 _POSITIVE = {"type": "number", "exclusiveMinimum": 0}
 
 _METADATA_HEADERS = [
-    ("X-Request-Id", "Request id, unique per tenant among live requests (echoed back; "
-     "generated when absent).", {"type": "string"}),
+    ("X-Request-Id", "Request id, unique per tenant among live and completed requests "
+     "(echoed back; generated when absent). The id of a request that did not complete may "
+     "be sent again.", {"type": "string"}),
     ("X-User-Id", "User id (else the body's `user`).", {"type": "string"}),
     ("X-Session-Id", "Session key for sticky routing.", {"type": "string"}),
     ("X-Priority", "critical, high, normal, low or background.",
@@ -115,7 +116,7 @@ _ERRORS = {
     "400": "Bad parameters",
     "401": "Missing or invalid API key / admin token",
     "404": "Unknown model / instance / request",
-    "409": "X-Request-Id of a live request of the same tenant",
+    "409": "X-Request-Id of a live or completed request of the same tenant",
     "413": "Body too large",
     "429": "Queue full, or the tenant's rate / concurrency limit (see Retry-After)",
     "502": "The engine failed the request (after retries): `engine_error`",
