@@ -8,6 +8,9 @@
   this slightly flatters large TP groups; it is a ranking signal, not a performance model.
 * **In-flight accounting** — :class:`InflightTokens` remembers, per request this strategy
   dispatched, its instance and its expected tokens (prompt + output) until ``on_complete``.
+* **KV capacity** — the tokens an instance's KV cache holds, as vLLM sizes it at start-up for
+  the model and GPU the estimator resolves (:func:`kv_capacity_tokens`); in-flight tokens over
+  it are the KV usage the instance is heading for, before any scrape shows it.
 * **Scores** — every strategy reports per-candidate scores in [0, 1], higher = better;
   :func:`minmax_scores` maps costs to that range (best 1, worst 0, all equal → 1).
 
@@ -22,8 +25,9 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from vllm_control_plane.core.estimator import resolve_gpu
+from vllm_control_plane.core.estimator import resolve_gpu, resolve_model
 from vllm_control_plane.core.interfaces import RouteRequest
+from vllm_control_plane.sim.kv_cache import num_gpu_blocks
 from vllm_control_plane.sim.profiles import get_gpu
 from vllm_control_plane.types import ExecutionInstance
 
@@ -86,6 +90,10 @@ class InflightTokens:
         for rid in gone:
             del self._flights[rid]
 
+    def tables(self) -> tuple[Mapping[str, int], Mapping[str, int]]:
+        """(tokens, count) per instance id, read-only, for hot loops over many candidates."""
+        return self._tokens, self._count
+
     def tokens(self, instance_id: str) -> int:
         return self._tokens.get(instance_id, 0)
 
@@ -99,22 +107,48 @@ def active(inst: ExecutionInstance, inflight: InflightTokens | None = None) -> i
     return max(inst.active_requests, ours)
 
 
-def drain_time(inst: ExecutionInstance, inflight: InflightTokens, req_tokens: int) -> float:
-    """Predicted work on ``inst`` after adding this request, in tokens per unit of capacity.
-
-    work = our in-flight tokens + requests we know only by count (scraped running + waiting, or
-    the core's active count, beyond ours) × our mean tokens per request + this request's tokens;
-    a KV cache at usage u stretches it by 1 / (1 − u/2) (admission stalls, preemption), so a
-    full cache doubles it.
-    """
+def inflight_work(inst: ExecutionInstance, inflight: InflightTokens, req_tokens: int) -> float:
+    """Tokens in flight on ``inst`` once this request is added: our in-flight tokens + requests
+    we know only by count (scraped running + waiting, or the core's active count, beyond ours) ×
+    our mean tokens per request + this request's tokens."""
     ours = inflight.tokens(inst.instance_id)
     n_ours = inflight.count(inst.instance_id)
     seen = max(inst.active_requests, inst.num_requests_running + inst.num_requests_waiting)
     unknown = max(0, seen - n_ours)
     per_request = ours / n_ours if n_ours else req_tokens
-    work = ours + unknown * per_request + req_tokens
+    return ours + unknown * per_request + req_tokens
+
+
+def drain_time(inst: ExecutionInstance, inflight: InflightTokens, req_tokens: int) -> float:
+    """Predicted work on ``inst`` after adding this request, in tokens per unit of capacity.
+
+    work = :func:`inflight_work`; a KV cache at usage u stretches it by 1 / (1 − u/2)
+    (admission stalls, preemption), so a full cache doubles it.
+    """
+    work = inflight_work(inst, inflight, req_tokens)
     kv = min(1.0, max(0.0, inst.kv_cache_usage))
     return work / (1.0 - 0.5 * kv) / capacity(inst)
+
+
+@functools.lru_cache(maxsize=256)
+def _kv_slots(
+    model_name: str, gpu_type: str | None, gpu_memory_gb: float, tp: int, pp: int, dp: int
+) -> int:
+    probe = ExecutionInstance("probe", model_name=model_name, gpu_type=gpu_type,
+                              gpu_memory_gb=gpu_memory_gb)  # fmt: skip
+    gpu = resolve_gpu(probe)
+    blocks = num_gpu_blocks(resolve_model(model_name), gpu, tp=tp, pp=pp,
+                            block_size=gpu.default_block_size)  # fmt: skip
+    return blocks * gpu.default_block_size * dp
+
+
+def kv_capacity_tokens(inst: ExecutionInstance) -> int:
+    """Tokens the instance's KV cache holds, as vLLM sizes it at start-up (0.9 of GPU memory
+    minus the weights, per device; × DP replicas) for the model and GPU the estimator resolves;
+    0 when the profile says the model does not fit (then only scraped KV usage is known)."""
+    return _kv_slots(inst.model_name, inst.gpu_type, inst.gpu_memory_gb,
+                     inst.tensor_parallel_size, inst.pipeline_parallel_size,
+                     inst.data_parallel_size)  # fmt: skip
 
 
 def over_bound(
