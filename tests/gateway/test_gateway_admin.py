@@ -80,15 +80,6 @@ async def test_status_metrics_and_instances(start_gateway, http) -> None:
     assert cfg["admin"]["token"] == "**********"  # secrets never leave the process
 
 
-async def test_dashboard_page_polls_the_admin_api(start_gateway, http) -> None:
-    gw = await start_gateway()
-    async with http.get(gw.url + "/dashboard") as resp:
-        page = await resp.text()
-    assert resp.status == 200 and resp.content_type == "text/html"
-    for path in ("/admin/status", "/admin/metrics", "/admin/instances"):
-        assert path in page
-
-
 async def test_register_simulated_and_real_instances(start_gateway, http) -> None:
     gw = await start_gateway(simulated=[sim("sim-a")])
     status, out = await _call(http, "POST", gw.url + "/admin/simulated", headers=ADMIN,

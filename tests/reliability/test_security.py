@@ -5,6 +5,7 @@ identity or privileges, and the optional protection of ``/metrics``, ``/openapi.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ import pytest
 from vllm_control_plane.config import ConfigError, parse_config
 from vllm_control_plane.gateway import Gateway, GatewayServer
 from vllm_control_plane.gateway import auth as auth_module
+from vllm_control_plane.gateway.protocol import RedactParserErrors, install_log_redaction
 
 ADMIN = "admin-secret-token-9f2c"
 KEY_ACME = "sk-acme-5b1e"
@@ -190,9 +192,129 @@ async def test_logs_carry_no_secrets_or_prompt_text(gw, http, caplog) -> None:
     sim.set_faults(error_rate=1.0)  # engine errors are logged paths too
     await _chat(http, gw.url, _bearer(KEY_ACME))
     sim.set_faults(error_rate=0.0)
-    text = "\n".join(r.getMessage() for r in caplog.records)
+    text = _logged(caplog)  # messages and any traceback, as a handler would print them
     for secret in (ADMIN, KEY_ACME, KEY_GLOBEX, "sk-wrong-key-123", "bad-admin-guess", PROMPT):
         assert secret not in text
+
+
+# Requests aiohttp's parser refuses before any handler runs: its default answer is a plain-text
+# 400 quoting the offending line, and its log line (ERROR, "Error handling request") the same.
+MALFORMED = {
+    "key-with-control-byte": b"Authorization: Bearer " + KEY_ACME.encode() + b"\x01",
+    "admin-token-with-nul": b"Authorization: Bearer " + ADMIN.encode() + b"\x00",
+    "bare-lf-after-key": b"Authorization: Bearer " + KEY_GLOBEX.encode() + b"\nX-Other: y",
+    "key-in-a-bad-header-name": b"X Api Key: " + KEY_ACME.encode(),
+    "key-in-an-overlong-header": b"Authorization: Bearer " + KEY_ACME.encode() + b"k" * 9000,
+    "obsolete-line-folding": b"Authorization: Bearer\r\n " + ADMIN.encode(),
+}
+NOT_UTF8 = b"Authorization: Bearer \xff" + ADMIN.encode()  # parses, but is no valid credential
+
+
+async def _raw(port: int, head: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send a request head over a plain TCP connection; the status, headers and body back."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)  # the server closes after an error
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    head_bytes, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head_bytes.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+def _request(path: str, header: bytes) -> bytes:
+    return (b"GET " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n" + header +
+            b"\r\nConnection: close\r\n\r\n")  # fmt: skip
+
+
+def _logged(caplog: pytest.LogCaptureFixture) -> str:
+    """Everything the captured records would print: messages, arguments and tracebacks."""
+    formatter = logging.Formatter("%(levelname)s %(name)s %(message)s")
+    return "\n".join(formatter.format(r) for r in caplog.records)
+
+
+SECRETS = (ADMIN, KEY_ACME, KEY_GLOBEX)
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+@pytest.mark.parametrize("path", ["/v1/models", "/admin/status"])
+async def test_malformed_headers_get_the_envelope_and_leak_no_secret(
+    gw, caplog, case: str, path: str
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    status, headers, body = await _raw(gw.port, _request(path, MALFORMED[case]))
+    assert status == 400 and headers["content-type"].startswith("application/json")
+    error = orjson.loads(body)["error"]
+    assert error["type"] == "BadRequestError" and error["code"] == "invalid_request_error"
+    assert error["message"].startswith("Malformed HTTP request: ")
+    logged = _logged(caplog)
+    assert "bad HTTP request from 127.0.0.1" in logged  # the refusal is still visible
+    assert "Error handling request" not in logged  # aiohttp's ERROR line with the exception
+    for secret in SECRETS:
+        assert secret.encode() not in body, "the answer echoes a secret"
+        assert secret not in logged, "a secret reached the logs"
+    assert gw.gateway.cp.core.counters().submitted == 0
+
+
+async def test_a_credential_that_is_not_utf8_is_refused_not_a_500(gw, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    for path in ("/admin/status", "/v1/models", "/status"):
+        status, _, body = await _raw(gw.port, _request(path, NOT_UTF8))
+        assert status == 401, path
+        assert orjson.loads(body)["error"]["code"] == "invalid_api_key"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert all(secret not in _logged(caplog) for secret in SECRETS)
+
+
+async def test_parser_errors_of_other_aiohttp_servers_are_redacted(gw, caplog) -> None:
+    """The embedded simulators are plain aiohttp servers: their parser errors are logged by
+    aiohttp (at ERROR) through the redacting filter, without the quoted bytes."""
+    caplog.set_level(logging.DEBUG)
+    sim = gw.gateway.fleet.server("one")
+    request = _request("/v1/models", MALFORMED["key-with-control-byte"])
+    status, _, _ = await _raw(sim.port, request)
+    assert status == 400
+    logged = _logged(caplog)
+    assert "Error handling request" in logged and "bytes withheld" in logged
+    assert KEY_ACME not in logged
+
+
+def test_redaction_filter_is_installed_once_and_keeps_other_records(caplog) -> None:
+    from aiohttp.http_exceptions import BadHttpMessage
+
+    install_log_redaction()
+    install_log_redaction()
+    logger = logging.getLogger("aiohttp.server")
+    assert sum(isinstance(f, RedactParserErrors) for f in logger.filters) == 1
+    caplog.set_level(logging.DEBUG, logger="aiohttp.server")
+    try:
+        raise BadHttpMessage(f"Invalid header value char:\n\n  b'Bearer {KEY_ACME}\\x01'")
+    except BadHttpMessage:
+        logger.exception("Error handling request from %s", "10.0.0.1")
+    try:
+        raise ValueError("an ordinary bug")
+    except ValueError:
+        logger.exception("Unhandled exception")
+    first, second = caplog.records[-2:]
+    assert first.getMessage() == ("Error handling request from 10.0.0.1 (BadHttpMessage: "
+                                  "Invalid header value char; bytes withheld)")  # fmt: skip
+    assert first.exc_info is None and KEY_ACME not in _logged(caplog)
+    assert second.exc_info is not None  # other errors keep their traceback
+
+
+async def test_status_view_holds_no_secrets(gw, http) -> None:
+    assert (await _chat(http, gw.url, _bearer(KEY_ACME)))[0] == 200
+    async with http.get(gw.url + "/status", headers=_bearer(ADMIN)) as r:
+        assert r.status == 200
+        body = await r.read()
+    assert orjson.loads(body)["counters"]["completed"] == 1
+    sim_url = gw.gateway.fleet.server("one").url
+    for secret in (*SECRETS, PROMPT, "acme", "globex", sim_url, "sk-"):
+        assert secret.encode() not in body, secret
 
 
 async def test_config_views_do_not_reveal_secrets(gw, http) -> None:
@@ -269,6 +391,17 @@ async def test_protected_pages_take_the_admin_token(guarded, http) -> None:
     # the probes stay open: an orchestrator has no token
     for path in ("/health", "/ready"):
         assert await _status(http, guarded.url + path) == 200
+
+
+async def test_status_takes_the_admin_token_only(guarded, http) -> None:
+    url = guarded.url + "/status"
+    for headers in ({}, _bearer(METRICS_TOKEN), _bearer(KEY_ACME), _basic("nope")):
+        async with http.get(url, headers=headers) as r:
+            assert r.status == 401, headers
+            assert r.headers["WWW-Authenticate"].startswith("Bearer")  # no browser dialog
+    for headers in (_bearer(ADMIN), _basic(ADMIN)):
+        async with http.get(url, headers=headers) as r:
+            assert r.status == 200, headers
 
 
 def test_page_tokens_are_compared_in_constant_time(monkeypatch) -> None:

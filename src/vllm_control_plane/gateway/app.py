@@ -30,10 +30,11 @@ from pathlib import Path
 from aiohttp import HttpVersion11, web
 
 from vllm_control_plane.config import ConfigError, ControlPlaneConfig
-from vllm_control_plane.gateway import admin, openai_routes
+from vllm_control_plane.gateway import admin, openai_routes, status
 from vllm_control_plane.gateway.errors import GatewayError, from_http_exception
 from vllm_control_plane.gateway.metrics import CONTENT_TYPE
 from vllm_control_plane.gateway.openai_routes import GATEWAY_KEY
+from vllm_control_plane.gateway.protocol import GatewayRunner
 from vllm_control_plane.gateway.service import Gateway
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,7 @@ def build_app(gw: Gateway) -> web.Application:
     r.add_get("/metrics", _metrics)
     r.add_get("/openapi.json", _openapi)
     r.add_get("/dashboard", _dashboard)
+    r.add_get("/status", status.public_status)  # the dashboard's data (auth.check_status)
     admin.add_routes(app)
     # Last: everything no route matched (404 / 405), so that those too get our Expect handling.
     r.add_route("*", "/{_unmatched:.*}", _unmatched)
@@ -167,7 +169,7 @@ class GatewayServer:
         sock = _bind(self.host, self._port)
         self._port = sock.getsockname()[1]
         await self.gateway.start()
-        self._runner = web.AppRunner(
+        self._runner = GatewayRunner(  # unparsable requests: envelope, nothing secret logged
             build_app(self.gateway), handler_cancellation=True, access_log=None,
             shutdown_timeout=5.0,
         )  # fmt: skip

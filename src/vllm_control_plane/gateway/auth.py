@@ -3,7 +3,8 @@
 Keys are stored as SHA-256 digests: the lookup is a dict probe on the digest of what the client
 sent, so a timing difference could at most reveal bits of a digest, never of a key. Tokens are
 compared with :func:`hmac.compare_digest` on digests. With no tenant configured, client routes are
-open (a local fleet); with no admin token, every admin call is refused. ``/metrics``,
+open (a local fleet); with no admin token, every admin call is refused and ``/status`` (the
+dashboard's read-only data) is open; with one, ``/status`` needs it. ``/metrics``,
 ``/openapi.json`` and ``/dashboard`` are open unless ``admin.protect_metrics`` /
 ``admin.protect_pages`` say otherwise; those routes also take the token as the password of HTTP
 Basic auth, since a browser cannot send a bearer token when it opens a page.
@@ -34,7 +35,9 @@ _PAGE_CHALLENGE = {"WWW-Authenticate": 'Basic realm="vcp", Bearer realm="vcp"'}
 
 
 def _digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode()).digest()
+    # aiohttp decodes header bytes that are not UTF-8 as surrogates: hash them as the bytes
+    # they were (such a credential matches nothing) instead of failing with a 500
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
 
 
 def bearer(headers: Mapping[str, str]) -> str | None:
@@ -158,6 +161,14 @@ class Authenticator:
         if self._protect_metrics and not _matches(_credential(headers), self._admin,
                                                   self._metrics):  # fmt: skip
             raise _page_refusal("/metrics needs the admin or the metrics token.")
+
+    def check_status(self, headers: Mapping[str, str]) -> None:
+        """``/status`` (the dashboard's data): open when no admin token is configured (nothing
+        to guard it with, and it holds nothing secret), else the admin token as for ``/admin``
+        (also as a Basic password, so a browser that logged in to a protected page carries on).
+        The 401 challenges with Bearer only, so a page's ``fetch`` never pops a login dialog."""
+        if self._admin is not None and not _matches(_credential(headers), self._admin):
+            raise unauthorized("/status needs the admin token (the gateway has one configured).")
 
     def check_page(self, headers: Mapping[str, str]) -> None:
         """``/openapi.json`` and ``/dashboard``: open, or (``protect_pages``) the admin token."""
