@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 from collections.abc import Mapping
 
@@ -47,6 +48,24 @@ __all__ = [
 ]
 
 
+log = logging.getLogger(__name__)
+
+CLOSE_TIMEOUT_S = 2.0  # ConnectionPool.close(): longest wait for aborted transports to go
+
+
+def _abandon(conn: _Connection) -> None:
+    """End a connection whose connect did not complete (cancelled, timed out, refused).
+
+    Why: uvloop, when ``create_connection`` is cancelled just as the TCP handshake completes,
+    may already have called ``connection_made`` (so the pool tracks the connection) and then
+    never calls ``connection_lost`` — not even after ``abort()`` — closing the socket on its own.
+    Such a connection would sit in the pool for good, and ``close()``, which waits for every
+    connection's loss, would wait forever (``vcp serve`` hung on shutdown). ``connection_lost``
+    is idempotent, so an event loop that does report the loss later is harmless."""
+    conn.abort()
+    conn.connection_lost(None)
+
+
 class _Connection(asyncio.Protocol):
     """One TCP connection: parses the head, then decodes the body into the current response."""
 
@@ -68,6 +87,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if self.closed:  # the connect was abandoned (cancelled, timed out) before this ran
+            transport.abort()
+            return
         self.pool.track(self)
 
     def data_received(self, data: bytes) -> None:
@@ -312,8 +334,9 @@ class ConnectionPool:
         async with resp:
             return resp.status, await resp.read()
 
-    async def close(self) -> None:
-        """Close every connection, idle or in use, and wait until each transport is gone."""
+    async def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
+        """Close every connection, idle or in use, and wait until each transport is gone (at
+        most ``timeout`` seconds: a connection whose loss is not reported by then is dropped)."""
         self._closed = True
         self._idle.clear()
         conns = list(self._open)
@@ -322,8 +345,16 @@ class ConnectionPool:
             if resp is not None:
                 resp._fail(ConnectionLost("the connection pool was closed"))
             conn.abort()
-        if conns:
-            await asyncio.gather(*(c.lost for c in conns))
+        if not conns:
+            return
+        _, pending = await asyncio.wait([c.lost for c in conns], timeout=timeout)
+        if pending:
+            stuck = [c for c in conns if c.lost in pending]
+            peers = ", ".join(f"{c.key[1]}:{c.key[2]}" for c in stuck)
+            log.warning("connection pool: %d connection(s) not closed after %gs, dropped: %s",
+                        len(stuck), timeout, peers)  # fmt: skip
+            for conn in stuck:
+                conn.connection_lost(None)
 
     # ------------------------------------------------------------------ connections
 
@@ -367,12 +398,15 @@ class ConnectionPool:
             else:  # not wait_for: on 3.11 it can swallow a cancellation (see _timeout.py)
                 async with bounded(self.connect_timeout):
                     await connecting
-        except asyncio.TimeoutError:
-            raise ConnectTimeout(
-                f"connect to {target.host}:{target.port} timed out ({self.connect_timeout:g} s)"
-            ) from None
-        except OSError as exc:
-            raise ConnectError(f"cannot connect to {target.host}:{target.port}: {exc}") from exc
+        except BaseException as exc:
+            _abandon(conn)
+            where = f"{target.host}:{target.port}"
+            if isinstance(exc, asyncio.TimeoutError):
+                limit = self.connect_timeout
+                raise ConnectTimeout(f"connect to {where} timed out ({limit:g} s)") from None
+            if isinstance(exc, OSError):
+                raise ConnectError(f"cannot connect to {where}: {exc}") from exc
+            raise  # cancelled: the request was abandoned while connecting
         self.connections_opened += 1
         if self._closed:
             conn.abort()

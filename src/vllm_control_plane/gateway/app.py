@@ -14,7 +14,8 @@ input produces an HTML or plain-text error page. ``/metrics``, ``/openapi.json``
 :class:`GatewayServer` runs a gateway on a socket it binds itself (port 0 works, ``.url`` is
 known at once); :func:`serve` is the ``vcp serve`` loop: SIGINT/SIGTERM start a graceful
 shutdown (stop accepting, let in-flight requests finish within ``server.shutdown_grace_s``, then
-cancel them), SIGHUP reloads the config file.
+cancel them), bounded as a whole, and a second one exits at once (``shutdown.py``); SIGHUP
+reloads the config file.
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ from vllm_control_plane.gateway.metrics import CONTENT_TYPE
 from vllm_control_plane.gateway.openai_routes import GATEWAY_KEY
 from vllm_control_plane.gateway.protocol import GatewayRunner
 from vllm_control_plane.gateway.service import Gateway
+from vllm_control_plane.gateway.shutdown import (
+    SHUTDOWN_MARGIN_S,
+    bounded_shutdown,
+    hard_exit,
+    on_stop_signals,
+)
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +162,7 @@ class GatewayServer:
         self._port = gateway.config.server.port if port is None else port
         self._runner: web.AppRunner | None = None
         self._site: web.SockSite | None = None
+        self._step = ""  # what close() is doing (see closing_step)
 
     @property
     def port(self) -> int:
@@ -177,15 +185,26 @@ class GatewayServer:
         self._site = web.SockSite(self._runner, sock, backlog=1024)
         await self._site.start()
 
+    @property
+    def closing_step(self) -> str:
+        """What :meth:`close` is doing right now ("" before it starts)."""
+        if self._step == "gateway":
+            return self.gateway.stopping_step
+        return self._step
+
     async def close(self, grace_s: float = 0.0) -> None:
         """Stop listening, let in-flight requests finish within ``grace_s``, cancel the rest."""
         self.gateway.accepting = False
+        self._step = "closing the listening socket"
         if self._site is not None:
             await self._site.stop()
+        self._step = "gateway"
         await self.gateway.stop(grace_s)
+        self._step = "closing client connections (HTTP server)"
         if self._runner is not None:
             await self._runner.cleanup()
         self._runner = self._site = None
+        self._step = "closed"
 
     async def __aenter__(self) -> GatewayServer:
         await self.start()
@@ -202,24 +221,33 @@ async def serve(
     host: str | None = None,
     port: int | None = None,
     announce: Callable[[str], None] = print,
-) -> None:
-    """Run the gateway until SIGINT/SIGTERM (graceful shutdown); SIGHUP reloads the config."""
+    exit_now: Callable[[int], object] = hard_exit,
+) -> int:
+    """Run the gateway until SIGINT/SIGTERM (graceful shutdown); SIGHUP reloads the config.
+
+    The whole shutdown is bounded by ``server.shutdown_grace_s`` + ``SHUTDOWN_MARGIN_S``; past
+    it, or on a second SIGINT/SIGTERM, ``exit_now(status)`` ends the process (see
+    ``shutdown.py``). Returns 0 after a clean shutdown."""
     gw = Gateway(config, config_path=config_path)
     server = GatewayServer(gw, host, port)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+    on_stop_signals(loop, stop.set, announce, exit_now)
     with contextlib.suppress(NotImplementedError, AttributeError):
         loop.add_signal_handler(signal.SIGHUP, lambda: gw.spawn(_reload(gw, announce)))
     _announce_start(server, announce)
     await stop.wait()
     grace = gw.config.server.shutdown_grace_s
-    announce(f"shutting down: finishing {gw.in_flight} in-flight request(s) (at most {grace:g}s)")
-    await server.close(grace)
+    bound = grace + SHUTDOWN_MARGIN_S
+    announce(f"shutting down: finishing {gw.in_flight} in-flight request(s) (at most {grace:g}s; "
+             f"all stopped within {bound:g}s)")  # fmt: skip
+    if not await bounded_shutdown(server.close(grace), bound, lambda: server.closing_step,
+                                  announce):  # fmt: skip
+        exit_now(1)  # the rest cannot be trusted to end: no cleanup
+        return 1
     announce("stopped")
+    return 0
 
 
 async def _reload(gw: Gateway, announce: Callable[[str], None]) -> None:

@@ -48,7 +48,8 @@ def run(
     port: int | None,
     echo: Callable[[str], None] = print,
 ) -> int:
-    """Run until SIGINT/SIGTERM; returns the process exit status."""
+    """Run until SIGINT/SIGTERM; returns the process exit status (a shutdown that overruns its
+    bound, or a second signal, ends the process from inside ``serve``)."""
     from vllm_control_plane.gateway.app import serve
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -59,10 +60,13 @@ def run(
         return 2
     _install_uvloop()
     _tune_gc()
+    status = 0
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve(config, config_path=config_path, host=host, port=port, announce=echo))
+            status = asyncio.run(
+                serve(config, config_path=config_path, host=host, port=port, announce=echo)
+            )
     except OSError as e:  # port in use, address not available
         echo(f"error: {e}")
         return 1
-    return 0
+    return status

@@ -64,6 +64,7 @@ class Gateway:
         self._idle.set()
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._reload_lock = asyncio.Lock()
+        self.stopping_step = ""  # what stop() is doing (named when a shutdown overruns)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -83,16 +84,21 @@ class Gateway:
         """Stop taking requests; in-flight ones get ``grace_s`` to finish, then are cancelled."""
         self.accepting = False
         if grace_s > 0 and self._in_flight:
+            self.stopping_step = f"waiting for {self._in_flight} in-flight request(s)"
             try:
                 await asyncio.wait_for(self._idle.wait(), grace_s)
             except asyncio.TimeoutError:
                 log.warning("%d request(s) still running after %gs: cancelling", self._in_flight,
                             grace_s)  # fmt: skip
+        self.stopping_step = "stopping the control plane (cancel requests, close engine links)"
         await self.cp.stop()
+        self.stopping_step = "stopping background tasks (reload, instance removal)"
         for task in list(self._side_tasks):
             task.cancel()
         await asyncio.gather(*self._side_tasks, return_exceptions=True)
+        self.stopping_step = f"stopping the embedded simulated fleet ({len(self.fleet)} server(s))"
         await self.fleet.close()
+        self.stopping_step = "stopped"
 
     def begin(self) -> None:
         """A client request entered the control plane (graceful shutdown waits for it)."""
