@@ -277,5 +277,6 @@ def _announce_start(server: GatewayServer, announce: Callable[[str], None]) -> N
     guard = gw.config.admin
     metrics = "token required" if guard.protect_metrics else "open"
     pages = "token required" if guard.protect_pages else "open"
-    announce(f"/metrics: {metrics}; /dashboard, /openapi.json: {pages}")
+    data = "admin token required" if gw.auth.admin_enabled else "open"
+    announce(f"/metrics: {metrics}; /dashboard, /openapi.json: {pages}; /status: {data}")
     announce(f"OpenAI API on {server.url}/v1  (dashboard: {server.url}/dashboard)")

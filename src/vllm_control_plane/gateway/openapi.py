@@ -208,6 +208,10 @@ def _paths() -> dict[str, Any]:
         "/health": {"get": {**plain["get"], "summary": "Liveness"}},
         "/ready": {"get": {"tags": ["ops"], "summary": "Readiness", "responses": {
             **_json_ok("Ready"), "503": {"description": "Not ready"}}}},
+        "/status": {"get": {"tags": ["ops"], "summary": "Read-only fleet and request figures "
+                            "(the dashboard's data; the admin token when one is configured)",
+                            "security": [{}, {"adminToken": []}],
+                            "responses": {**_json_ok("Status"), **_errors("401")}}},
         "/metrics": {"get": {"tags": ["ops"], "summary": "Prometheus metrics",
                              "security": [{}, {"adminToken": []}, {"metricsToken": []}],
                              "responses": {"200": {"description": "Prometheus text format",
