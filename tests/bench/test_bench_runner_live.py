@@ -13,6 +13,7 @@ from vllm_control_plane.bench.report import run_table, summarize
 from vllm_control_plane.bench.runner_live import (
     LiveOptions,
     assign_tenants,
+    fit_to_context,
     live_workload,
     run_live,
 )
@@ -130,6 +131,28 @@ async def test_trace_prompts_clipped_to_the_context_are_accepted_live(tmp_path) 
         assert o.status == "completed", o.reason
         assert o.output_tokens == req.output_tokens
     assert summarize(result)["rejection_rate"] == 0.0
+
+
+async def test_outputs_over_the_context_are_capped_so_the_server_accepts_them() -> None:
+    """A synthetic workload can ask for more output than the server's context leaves (the
+    virtual engine trims it; a live server refuses it with a 400): the live runner caps it."""
+    cls = RequestClass("long", e2e_slo_ms=60_000)
+    reqs = [BenchRequest("fits", 0.0, ((1, 100),), 50, cls),
+            BenchRequest("over", 0.0, ((2, 900),), 400, cls),
+            BenchRequest("prompt-alone-too-long", 0.0, ((3, 1100),), 5, cls)]  # fmt: skip
+    capped = {r.request_id: r for r in fit_to_context(reqs, 1024, reserve_tokens=16)}
+    assert capped["fits"].output_tokens == 50  # untouched
+    assert capped["over"].output_tokens == 1024 - 16 - 900
+    assert capped["prompt-alone-too-long"].output_tokens == 5  # left for the server to refuse
+    spec = EngineSpec(model="llama-3-8b", max_model_len=1024, seed=1)
+    async with SimServer(spec, time_scale=FAST) as srv:
+        raw = await run_live(srv.url, reqs[1:2], LiveOptions(timeout_s=30))
+        fitted = await run_live(srv.url, list(capped.values()), LiveOptions(timeout_s=30))
+    assert raw.outcomes[0].status == "failed" and "HTTP 400" in (raw.outcomes[0].reason or "")
+    got = {o.request_id: o for o in fitted.outcomes}
+    assert got["fits"].status == got["over"].status == "completed"
+    assert got["over"].output_tokens == 1024 - 16 - 900
+    assert got["prompt-alone-too-long"].status == "failed"
 
 
 def sse(*frames: dict) -> bytes:

@@ -318,7 +318,9 @@ def live_cmd(
     limit: int | None = typer.Option(None, min=1, help="Trace replay: the first N records."),
     seed: int = typer.Option(0, help="Seed of the workload."),
     model: str | None = typer.Option(None, help="Model name (default: the server's first)."),
-    max_model_len: int = typer.Option(8192, min=2, help="Context to clip trace prompts to."),
+    max_model_len: int = typer.Option(
+        8192, min=2, help="The server's context: trace prompts clipped to it, max_tokens capped."
+    ),
     reserve_tokens: int = typer.Option(
         16, min=0, help="Trace replay: context left free for the tokens the server adds (BOS)."
     ),
@@ -344,6 +346,7 @@ def live_cmd(
     from vllm_control_plane.bench.runner_live import (
         LiveOptions,
         assign_tenants,
+        fit_to_context,
         live_workload,
         run_live,
     )
@@ -361,7 +364,8 @@ def live_cmd(
             reserve_tokens=reserve_tokens,
         )
         m = rate / wl.base_rate if rate else multiplier
-        reqs = assign_tenants(wl.requests(duration, m), list(keys))
+        reqs = fit_to_context(wl.requests(duration, m), max_model_len, reserve_tokens)
+        reqs = assign_tenants(reqs, list(keys))
     except (ValueError, OSError) as e:
         raise _fail(str(e)) from None
     opts = LiveOptions(

@@ -104,6 +104,20 @@ def live_workload(
     return sc.name, base
 
 
+def fit_to_context(
+    requests: Sequence[BenchRequest], max_model_len: int, reserve_tokens: int = LIVE_RESERVE_TOKENS
+) -> list[BenchRequest]:
+    """Cap each request's ``max_tokens`` so prompt + output fits the server's context less
+    ``reserve_tokens``: a live server refuses what does not fit (HTTP 400), where the virtual
+    engine trims the output. A prompt that alone overflows is left as is (and refused)."""
+    room = max_model_len - reserve_tokens
+    out = []
+    for r in requests:
+        cap = room - r.prompt_tokens
+        out.append(replace(r, output_tokens=cap) if 1 <= cap < r.output_tokens else r)
+    return out
+
+
 def assign_tenants(requests: Sequence[BenchRequest], names: Sequence[str]) -> list[BenchRequest]:
     """Requests whose class has no tenant but is named like one of ``names`` become that
     tenant's; every name must be a class's tenant or a class's name (``ValueError`` lists them)."""
