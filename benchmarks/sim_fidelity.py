@@ -91,20 +91,48 @@ def fit(args: argparse.Namespace) -> None:
     print("constants:", {k: float(f"{v:.3g}") for k, v in asdict(best).items()})
     out = {"command": "python benchmarks/sim_fidelity.py fit", "profile": str(args.profile.name)}
     out |= {"constants": asdict(best), "rows": rows, "log_loss": log_loss(rows)}
-    (RESULTS / "cpu_profile_fit.json").write_text(json.dumps(out, indent=2) + "\n")
+    args.fit_out.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {args.fit_out}")
 
 
 # ------------------------------------------------------------------------------ compare
+def fitted_fleet_file(fit_json: Path, port: int, slowdown: float) -> Path:
+    """A fleet file serving the tiny model on the ``CPU`` profile with the constants of a fit
+    (``fit --fit-out``) instead of the registered ones: a ``gpus:`` entry ``CPU-refit``."""
+    c = json.loads(fit_json.read_text())["constants"]
+    base = get_gpu("CPU")
+    gpu = {"flops": c["flop_rate"], "mem_bw": c["mem_rate"], "mem_bytes": base.mem_bytes,
+           "eta_mem": 1.0, "eta_compute": 1.0, "t0": c["t0"], "t_seq": c["t_seq"],
+           "t_prefill": c["t_prefill"], "kv_cache_bytes": base.kv_cache_bytes,
+           "default_max_num_seqs": base.default_max_num_seqs,
+           "default_block_size": base.default_block_size, "t_frontend": base.t_frontend,
+           "t_frontend_token": base.t_frontend_token,
+           "t_frontend_active": base.t_frontend_active}  # fmt: skip
+    server = {"name": "sim", "port": port, "model": "tiny-llama", "gpu": "CPU-refit",
+              "served_model_name": SERVED_MODEL_NAME, "max_num_seqs": MAX_NUM_SEQS,
+              "max_model_len": MAX_MODEL_LEN, "max_num_batched_tokens": MAX_BATCHED_TOKENS,
+              "faults": {"slowdown": slowdown}}  # fmt: skip
+    fleet = {"gpus": {"CPU-refit": gpu}, "servers": [server]}
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"vcp-fidelity-fleet-{port}.json"
+    path.write_text(json.dumps(fleet))  # JSON is YAML
+    return path
+
+
 @contextmanager
-def sim_server(port: int, slowdown: float = 1.0) -> Iterator[str]:
+def sim_server(port: int, slowdown: float = 1.0, fit_json: Path | None = None) -> Iterator[str]:
     """``vcp sim`` for the tiny model on the CPU profile, with the real server's settings (the
     profile's default block size is vLLM-CPU's 128 tokens, so no ``--block-size``); ``slowdown``
-    multiplies every step time (the simulator's fault knob)."""
-    cmd = [sys.executable, "-m", "vllm_control_plane.cli", "sim", "--model", "tiny-llama",
-           "--gpu", "CPU", "--served-model-name", SERVED_MODEL_NAME,
-           "--max-num-seqs", str(MAX_NUM_SEQS), "--max-model-len", str(MAX_MODEL_LEN),
-           "--max-num-batched-tokens", str(MAX_BATCHED_TOKENS),
-           "--fault-slowdown", f"{slowdown:.4f}", "--port", str(port)]  # fmt: skip
+    multiplies every step time (the simulator's fault knob); ``fit_json``: the constants of that
+    fit instead of the registered profile's."""
+    if fit_json is not None:
+        fleet = fitted_fleet_file(fit_json, port, slowdown)
+        cmd = [sys.executable, "-m", "vllm_control_plane.cli", "sim", "--fleet", str(fleet)]
+    else:
+        cmd = [sys.executable, "-m", "vllm_control_plane.cli", "sim", "--model", "tiny-llama",
+               "--gpu", "CPU", "--served-model-name", SERVED_MODEL_NAME,
+               "--max-num-seqs", str(MAX_NUM_SEQS), "--max-model-len", str(MAX_MODEL_LEN),
+               "--max-num-batched-tokens", str(MAX_BATCHED_TOKENS),
+               "--fault-slowdown", f"{slowdown:.4f}", "--port", str(port)]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -243,7 +271,7 @@ def compare(args: argparse.Namespace) -> None:
         if args.match_speed:  # other jobs on the machine slow the real engine down: follow it
             slowdown = asyncio.run(probe_real(real.base_url)) / calibration_itl_ms()
         print(f"simulator step times × {slowdown:.2f}", flush=True)
-        with sim_server(free_ports(1)[0], slowdown) as sim_url:
+        with sim_server(free_ports(1)[0], slowdown, args.fit) as sim_url:
             rows, probes = asyncio.run(run_sides({"real": real.base_url, "sim": sim_url}, args))
     print(f"median over {args.repeats} sweep(s):")
     print_tables(rows)
@@ -259,6 +287,7 @@ def compare(args: argparse.Namespace) -> None:
             "sim_gpu_profile": {k: getattr(get_gpu("CPU"), k) for k in _PROFILE_FIELDS},
             "batch1_itl_ms": probes,
             "sim_slowdown": slowdown,
+            "sim_constants_from": str(args.fit) if args.fit else "registered CPU profile",
         },
         "points": rows,
     }
@@ -295,6 +324,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     f = sub.add_parser("fit", help="fit the CPU profile to results/vllm_cpu_profile.json")
     f.add_argument("--profile", type=Path, default=PROFILE_JSON)
     f.add_argument("--iters", type=int, default=300)
+    f.add_argument("--fit-out", type=Path, default=RESULTS / "cpu_profile_fit.json")
     c = sub.add_parser("compare", help="real vLLM vs vcp sim on the same workload (default)")
     for q in (p, c):
         q.add_argument("--concurrency", type=_ints, default=[1, 8, 32])
@@ -314,6 +344,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "sweeps); for a machine uniformly slower or faster than the calibration one",
         )
         q.add_argument("--out", type=Path, default=RESULTS / "sim_fidelity.json")
+        q.add_argument(
+            "--fit",
+            type=Path,
+            default=None,
+            help="run the simulator with the constants of this fit (fit --fit-out) instead of "
+            "the registered CPU profile: calibrate on the machine at hand, then compare",
+        )
     return p.parse_args(argv)
 
 
