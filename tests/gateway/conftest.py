@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -77,3 +78,25 @@ async def eventually(cond: Callable[[], Any], timeout: float = 10.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or cond}")
         await asyncio.sleep(0.01)
+
+
+async def read_until(
+    proc: asyncio.subprocess.Process, pattern: re.Pattern[bytes], timeout: float = 60.0
+) -> tuple[bytes, bytes]:
+    """Lines until one matches; returns (match group 1, everything read)."""
+    seen = bytearray()
+    assert proc.stdout is not None
+    stdout = proc.stdout
+
+    async def scan() -> bytes:
+        while True:
+            line = await stdout.readline()
+            if not line:
+                raise AssertionError(f"exited before {pattern.pattern!r}:\n{seen.decode()}")
+            seen.extend(line)
+            match = pattern.search(line)
+            if match:
+                return match.group(1)
+
+    found = await asyncio.wait_for(scan(), timeout)
+    return found, bytes(seen)

@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from tests.gateway.conftest import ADMIN, ADMIN_TOKEN, CHAT, gateway_config, sim
+from tests.gateway.conftest import ADMIN, ADMIN_TOKEN, CHAT, gateway_config, read_until, sim
 
 from vllm_control_plane.config import ControlPlaneConfig, parse_config
 from vllm_control_plane.gateway import Gateway, GatewayServer
@@ -218,23 +218,6 @@ _URL = re.compile(rb"OpenAI API on (http://[\d.]+:\d+)/v1")
 _RELOADED = re.compile(rb"(reloaded config: .*|reload failed.*)")
 
 
-async def _read_until(proc: asyncio.subprocess.Process, pattern: re.Pattern[bytes],
-                      timeout: float = 60.0) -> bytes:  # fmt: skip
-    assert proc.stdout is not None
-    stdout = proc.stdout
-
-    async def scan() -> bytes:
-        while True:
-            line = await stdout.readline()
-            if not line:
-                raise AssertionError(f"vcp serve exited before {pattern.pattern!r}")
-            match = pattern.search(line)
-            if match:
-                return match.group(1)
-
-    return await asyncio.wait_for(scan(), timeout)
-
-
 @pytest.fixture
 async def serve_proc(tmp_path: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process, Path]]:
     path = tmp_path / "cluster.yaml"
@@ -270,7 +253,7 @@ async def _post(http: aiohttp.ClientSession, url: str, **headers: str) -> tuple[
 
 async def test_sighup_applies_the_new_file_and_keeps_the_stream_in_flight(serve_proc, http) -> None:
     proc, path = serve_proc
-    url = (await _read_until(proc, _URL)).decode()
+    url = (await read_until(proc, _URL))[0].decode()
     status, _ = await _post(http, url, **{"X-Priority": "background"})
     assert status == 200
     started = asyncio.Event()
@@ -281,7 +264,7 @@ async def test_sighup_applies_the_new_file_and_keeps_the_stream_in_flight(serve_
         limits={"max_queued_per_priority": {"background": 0}},
         circuit={"failure_threshold": 3}, seed=5)))  # fmt: skip
     proc.send_signal(signal.SIGHUP)
-    line = (await _read_until(proc, _RELOADED)).decode()
+    line = (await read_until(proc, _RELOADED))[0].decode()
     assert line.startswith("reloaded config:"), line
     assert "'applied': ['limits.max_queued_per_priority', 'circuit']" in line
     assert "'restart_needed': ['seed']" in line

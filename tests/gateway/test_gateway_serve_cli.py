@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from openai import AsyncOpenAI
-from tests.gateway.conftest import CHAT
+from tests.gateway.conftest import CHAT, read_until
 
 _URL = re.compile(rb"OpenAI API on (http://[\d.]+:\d+)/v1")
 _SIM_URL = re.compile(rb"(http://127\.0\.0\.1:\d+)")
@@ -25,28 +25,6 @@ async def _spawn(*args: str) -> asyncio.subprocess.Process:
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
-
-
-async def _read_until(
-    proc: asyncio.subprocess.Process, pattern: re.Pattern[bytes], timeout: float = 60.0
-) -> tuple[bytes, bytes]:
-    """Lines until one matches; returns (match group 1, everything read)."""
-    seen = bytearray()
-    assert proc.stdout is not None
-    stdout = proc.stdout
-
-    async def scan() -> bytes:
-        while True:
-            line = await stdout.readline()
-            if not line:
-                raise AssertionError(f"exited before {pattern.pattern!r}:\n{seen.decode()}")
-            seen.extend(line)
-            match = pattern.search(line)
-            if match:
-                return match.group(1)
-
-    found = await asyncio.wait_for(scan(), timeout)
-    return found, bytes(seen)
 
 
 async def _stop(proc: asyncio.subprocess.Process) -> int:
@@ -71,7 +49,7 @@ async def processes() -> AsyncIterator[list[asyncio.subprocess.Process]]:
 async def test_vcp_serve_without_config_serves_an_embedded_fleet(processes) -> None:
     proc = await _spawn("serve", "--port", "0")
     processes.append(proc)
-    url, output = await _read_until(proc, _URL)
+    url, output = await read_until(proc, _URL)
     assert b"embedded simulated fleet" in output
     assert b"llama-3-70b" in output and b"llama-3-8b" in output
     async with AsyncOpenAI(base_url=url.decode() + "/v1", api_key="x", max_retries=0) as client:
@@ -88,7 +66,7 @@ async def test_vcp_serve_over_vcp_sim_subprocesses(processes, tmp_path: Path) ->
     for model in ("llama-3-8b", "llama-3-8b"):
         proc = await _spawn("sim", "--model", model, "--port", "0", "--time-scale", "0.05")
         processes.append(proc)
-        sims.append((await _read_until(proc, _SIM_URL))[0].decode())
+        sims.append((await read_until(proc, _SIM_URL))[0].decode())
     config = {
         "server": {"shutdown_grace_s": 5},
         "instances": [
@@ -101,7 +79,7 @@ async def test_vcp_serve_over_vcp_sim_subprocesses(processes, tmp_path: Path) ->
     path.write_text(yaml.safe_dump(config))
     gateway = await _spawn("serve", "--config", str(path), "--port", "0")
     processes.append(gateway)
-    url, _ = await _read_until(gateway, _URL)
+    url, _ = await read_until(gateway, _URL)
     async with AsyncOpenAI(base_url=url.decode() + "/v1", api_key="x", max_retries=0) as client:
         replies = await asyncio.gather(*(
             client.chat.completions.with_raw_response.create(
